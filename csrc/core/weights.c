@@ -1,0 +1,134 @@
+/* Named tensor sets: what a checkpoint file becomes once read. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sdcore.h"
+
+typedef struct {
+    char *name;
+    sd_tensor tensor;
+} named_tensor;
+
+typedef struct {
+    void *ptr;
+    size_t size;
+    void (*release)(void *ptr, size_t size);
+} kept_block;
+
+struct sd_weights {
+    named_tensor *items;
+    int64_t count, cap;
+    kept_block *kept;
+    int64_t kept_count, kept_cap;
+    int sealed;
+};
+
+sd_status sd_weights_create(sd_weights **out) {
+    *out = calloc(1, sizeof(sd_weights));
+    if (!*out)
+        return sd_fail(SD_ERR_NOMEM, "cannot allocate a weight set");
+    return SD_OK;
+}
+
+void sd_weights_free(sd_weights *w) {
+    if (!w)
+        return;
+    for (int64_t i = 0; i < w->count; i++)
+        free(w->items[i].name);
+    free(w->items);
+    for (int64_t i = 0; i < w->kept_count; i++)
+        w->kept[i].release(w->kept[i].ptr, w->kept[i].size);
+    free(w->kept);
+    free(w);
+}
+
+/* Grow a dynamic array of `elem`-sized items to hold one more. */
+static int grow(void **items, int64_t *cap, int64_t count, size_t elem) {
+    if (count < *cap)
+        return 1;
+    int64_t ncap = *cap ? *cap * 2 : 64;
+    void *n = realloc(*items, (size_t)ncap * elem);
+    if (!n)
+        return 0;
+    *items = n;
+    *cap = ncap;
+    return 1;
+}
+
+sd_status sd_weights_add(sd_weights *w, const char *name, sd_tensor t) {
+    if (!grow((void **)&w->items, &w->cap, w->count, sizeof(named_tensor)))
+        return sd_fail(SD_ERR_NOMEM, "cannot grow the weight set");
+    char *copy = strdup(name);
+    if (!copy)
+        return sd_fail(SD_ERR_NOMEM, "cannot copy a tensor name");
+    w->items[w->count].name = copy;
+    w->items[w->count].tensor = t;
+    w->count++;
+    w->sealed = 0;
+    return SD_OK;
+}
+
+sd_status sd_weights_keep(sd_weights *w, void *ptr, size_t size,
+                          void (*release)(void *ptr, size_t size)) {
+    if (!grow((void **)&w->kept, &w->kept_cap, w->kept_count, sizeof(kept_block))) {
+        release(ptr, size); /* the caller hands ownership over either way */
+        return sd_fail(SD_ERR_NOMEM, "cannot grow the weight set");
+    }
+    w->kept[w->kept_count++] = (kept_block){ptr, size, release};
+    return SD_OK;
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(((const named_tensor *)a)->name, ((const named_tensor *)b)->name);
+}
+
+sd_status sd_weights_seal(sd_weights *w) {
+    qsort(w->items, (size_t)w->count, sizeof(named_tensor), by_name);
+    for (int64_t i = 1; i < w->count; i++)
+        if (strcmp(w->items[i - 1].name, w->items[i].name) == 0)
+            return sd_fail(SD_ERR_FORMAT, "tensor '%s' appears twice", w->items[i].name);
+    w->sealed = 1;
+    return SD_OK;
+}
+
+int64_t sd_weights_count(const sd_weights *w) { return w->count; }
+
+const char *sd_weights_name(const sd_weights *w, int64_t i) {
+    return i >= 0 && i < w->count ? w->items[i].name : NULL;
+}
+
+const sd_tensor *sd_weights_at(const sd_weights *w, int64_t i) {
+    return i >= 0 && i < w->count ? &w->items[i].tensor : NULL;
+}
+
+const sd_tensor *sd_weights_find(const sd_weights *w, const char *name) {
+    if (w->sealed) {
+        named_tensor key = {.name = (char *)name};
+        named_tensor *hit = bsearch(&key, w->items, (size_t)w->count, sizeof(named_tensor), by_name);
+        return hit ? &hit->tensor : NULL;
+    }
+    for (int64_t i = 0; i < w->count; i++)
+        if (strcmp(w->items[i].name, name) == 0)
+            return &w->items[i].tensor;
+    return NULL;
+}
+
+sd_status sd_weights_require(const sd_weights *w, const char *name, int ndim,
+                             const int64_t *shape, const sd_tensor **out) {
+    const sd_tensor *t = sd_weights_find(w, name);
+    *out = NULL;
+    if (!t)
+        return sd_fail(SD_ERR_FORMAT, "tensor '%s' is missing from the checkpoint", name);
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = t->shape[i] == shape[i];
+    if (!ok) {
+        sd_tensor expect = sd_tensor_view(NULL, t->dtype, t->device, ndim, shape);
+        char got[96], want[96];
+        return sd_fail(SD_ERR_FORMAT, "tensor '%s' has shape %s, expected %s", name,
+                       sd_shape_str(t, got, sizeof got), sd_shape_str(&expect, want, sizeof want));
+    }
+    *out = t;
+    return SD_OK;
+}
