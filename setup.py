@@ -159,7 +159,8 @@ def extension():
         # OpenBLAS is found beside us in site-packages (the scipy-openblas32 wheel);
         # sdcore/__init__.py also preloads it, which covers in-place builds.
         runtime_library_dirs=["$ORIGIN/../scipy_openblas32/lib"],
-        extra_compile_args=["-std=c11", "-O3", "-fopenmp", "-Wall", "-Wextra",
+        extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-O3", "-fopenmp", "-Wall", "-Wextra",
+                            "-Werror=implicit-function-declaration",
                             "-Wno-unused-parameter", "-fno-math-errno"],
         extra_link_args=["-fopenmp"],
     )

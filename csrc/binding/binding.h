@@ -35,6 +35,14 @@ const sd_backend *sd_backend_from_name(const char *device);
 int sd_array_arg(PyObject *obj, const char *op, const char *arg, int allow_f16, int min_ndim,
                  int max_ndim, sd_tensor *out);
 
+/* sdcore._C.Weights (weights.c): the Python face of sd_weights. */
+extern PyObject *sd_weights_type;
+int sd_weights_type_init(PyObject *module);
+/* The sd_weights inside a Weights object, or NULL with a TypeError naming op and arg. */
+sd_weights *sd_weights_from_py(PyObject *obj, const char *op, const char *arg);
+/* Wrap (and take ownership of) w; keepalive is referenced for as long as it lives. */
+PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
+
 /* method tables of each binding file, joined in module.c */
 extern PyMethodDef sd_ops_methods[];
 extern PyMethodDef sd_device_methods[];

@@ -101,6 +101,8 @@ static int module_exec(PyObject *module) {
                                      "A generation was cancelled.");
     if (!sd_exc_format || !sd_exc_unsupported || !sd_exc_device || !sd_exc_cancelled)
         goto done;
+    if (sd_weights_type_init(module) < 0)
+        goto done;
     rc = 0;
 done:
     Py_XDECREF(bases);

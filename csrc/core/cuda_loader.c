@@ -4,7 +4,6 @@
  * Keeping it out of the extension means `import sdcore` never needs a CUDA library
  * or a driver: the CUDA backend is opened on first use, and if that fails the reason
  * is kept and reported each time it is asked for. */
-#define _GNU_SOURCE /* dladdr */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
