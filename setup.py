@@ -125,8 +125,10 @@ class BuildExt(build_ext):
         for src in sorted(glob.glob(os.path.join(ROOT, "kernels", "*.cu"))):
             obj = os.path.join(obj_dir, os.path.basename(src) + ".o")
             objects.append(obj)
-            if self.force or newer(src, obj) or any(
-                newer(h, obj) for h in glob.glob(os.path.join(ROOT, "kernels", "*.cuh"))
+            if (
+                self.force
+                or newer(src, obj)
+                or any(newer(h, obj) for h in glob.glob(os.path.join(ROOT, "kernels", "*.cuh")))
             ):
                 cmd = [nvcc, *flags, *arch, "-c", src, "-o", obj]
                 log(" ".join(cmd))
@@ -159,9 +161,18 @@ def extension():
         # OpenBLAS is found beside us in site-packages (the scipy-openblas32 wheel);
         # sdcore/__init__.py also preloads it, which covers in-place builds.
         runtime_library_dirs=["$ORIGIN/../scipy_openblas32/lib"],
-        extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-O3", "-fopenmp", "-Wall", "-Wextra",
-                            "-Werror=implicit-function-declaration",
-                            "-Wno-unused-parameter", "-fno-math-errno"],
+        extra_compile_args=[
+            "-std=c11",
+            "-D_GNU_SOURCE",
+            "-O3",
+            "-fopenmp",
+            "-Wall",
+            "-Wextra",
+            "-Werror=implicit-function-declaration",
+            "-Wno-unused-parameter",
+            "-fno-math-errno",
+            "-fno-trapping-math",
+        ],
         extra_link_args=["-fopenmp"],
     )
 

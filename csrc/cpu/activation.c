@@ -64,13 +64,13 @@ void cpu_softmax_f32(const float *x, float *out, int64_t M, int64_t N) {
 }
 
 SD_MULTIVERSION
-static void gelu_erf_span(const float *x, float *out, int64_t n) {
+static void gelu_erf_span(const float *restrict x, float *restrict out, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         out[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
 SD_MULTIVERSION
-static void gelu_tanh_span(const float *x, float *out, int64_t n) {
+static void gelu_tanh_span(const float *restrict x, float *restrict out, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
@@ -101,7 +101,7 @@ void cpu_gelu_f32(const float *x, float *out, int64_t n, int tanh_approx) {
 }
 
 SD_MULTIVERSION
-static void quick_gelu_span(const float *x, float *out, int64_t n) {
+static void quick_gelu_span(const float *restrict x, float *restrict out, int64_t n) {
     for (int64_t i = 0; i < n; i++) /* x * sigmoid(1.702 x) */
         out[i] = x[i] / (1.0f + sd_expf(-1.702f * x[i]));
 }
@@ -111,7 +111,7 @@ void cpu_quick_gelu_f32(const float *x, float *out, int64_t n) {
 }
 
 SD_MULTIVERSION
-static void silu_span(const float *x, float *out, int64_t n) {
+static void silu_span(const float *restrict x, float *restrict out, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         out[i] = x[i] / (1.0f + sd_expf(-x[i]));
 }

@@ -279,7 +279,7 @@ static sd_status cpu_attention(const sd_backend *be, const sd_tensor *q, const s
     SD_TRY(need_same_shape(q, out, op, "out"));
     int64_t B = q->shape[0], Tq = q->shape[1], HD = q->shape[2], Tk = k->shape[1];
     if (k->shape[0] != B || k->shape[2] != HD)
-        return sd_fail(SD_ERR_INVALID, "attention: k must be (%lld, Tk, %lld)", (long long)B,
+        return sd_fail(SD_ERR_INVALID, "attention: argument 'k' must be (%lld, Tk, %lld)", (long long)B,
                        (long long)HD);
     if (heads < 1 || HD % heads != 0)
         return sd_fail(SD_ERR_INVALID, "attention: width %lld does not split into %d heads",
