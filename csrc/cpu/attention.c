@@ -12,7 +12,7 @@
 #include "cpu_ops.h"
 #include "fast_math.h"
 
-#define ATTN_QBLOCK 64
+#define ATTN_QBLOCK 128
 
 /* softmax of row s (n) scaled by `scale` in place; entries from `limit` on are masked */
 static void softmax_row_scaled(float *s, int64_t n, float scale, int64_t limit) {

@@ -12,8 +12,9 @@
  * Range reduction x = n ln2 + r (ln2 split in two so r stays exact), then a degree-6
  * polynomial for e^r and 2^n built in the exponent bits. */
 static inline float sd_expf(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
+    /* written as max/min so a NaN-free compare maps onto vmaxps/vminps, not a blend */
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
     /* round x*log2(e) to nearest: adding 1.5*2^23 pushes the fraction out of the mantissa */
     const float shifter = 12582912.0f;
     float n = (x * 1.44269504088896341f + shifter) - shifter;
