@@ -15,7 +15,7 @@
 static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
 static int load_tried;
 static const sd_cuda_lib *cuda_lib;
-static char load_error[1024];
+static char load_error[6144];
 static char library_dir[4096];
 
 void sd_set_library_dir(const char *dir) {

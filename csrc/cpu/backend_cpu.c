@@ -130,7 +130,7 @@ static sd_status cpu_linear(const sd_backend *be, const sd_tensor *x, const sd_t
     if (out->ndim != x->ndim || sd_numel(out) != M * N || out->shape[out->ndim - 1] != N)
         return sd_fail(SD_ERR_INVALID, "linear: argument 'out' must be x's shape with last dim %lld",
                        (long long)N);
-    const float *wd, *bd = NULL;
+    const float *wd = NULL, *bd = NULL;
     float *wown, *bown = NULL;
     SD_TRY(weight_f32(w, &wd, &wown, op));
     if (bias) {
@@ -193,7 +193,7 @@ static sd_status cpu_conv2d(const sd_backend *be, const sd_tensor *x, const sd_t
         out->shape[3] != OW)
         return sd_fail(SD_ERR_INVALID, "conv2d: argument 'out' must be (%lld, %lld, %lld, %lld)",
                        (long long)B, (long long)OC, (long long)OH, (long long)OW);
-    const float *wd, *bd = NULL;
+    const float *wd = NULL, *bd = NULL;
     float *wown, *bown = NULL;
     SD_TRY(weight_f32(w, &wd, &wown, op));
     sd_status s = bias ? weight_f32(bias, &bd, &bown, op) : SD_OK;

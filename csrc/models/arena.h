@@ -1,0 +1,44 @@
+/* Activation buffers that are planned by the first run and reused by every later one.
+ *
+ * A model's forward asks for its temporaries in the same order every time it runs
+ * with the same shapes. The arena keeps one backend buffer per position in that
+ * sequence ("slot"), growing a slot only when a request is larger than it. After the
+ * first step no allocation happens and every tensor lands at the same address, which
+ * is what lets the CUDA backend capture a whole step in a graph.
+ *
+ * Temporaries follow stack discipline: take a mark, request tensors, release to the
+ * mark when they are dead; later requests reuse those slots, so peak memory is the
+ * deepest stack, not the sum of all temporaries. */
+#ifndef SDCORE_ARENA_H
+#define SDCORE_ARENA_H
+
+#include "sdcore.h"
+
+typedef struct {
+    void *data;
+    size_t capacity; /* bytes */
+} sd_arena_slot;
+
+typedef struct {
+    const sd_backend *be;
+    sd_arena_slot *slots;
+    int count, cap;
+    int next; /* the slot the next request takes */
+} sd_arena;
+
+void sd_arena_init(sd_arena *a, const sd_backend *be);
+void sd_arena_free(sd_arena *a);
+/* Start a new run: the next request takes slot 0 again. */
+void sd_arena_reset(sd_arena *a);
+/* A tensor of this dtype and shape in the next slot (allocated or grown as needed). */
+sd_status sd_arena_tensor(sd_arena *a, sd_tensor *t, sd_dtype dtype, int ndim,
+                          const int64_t *shape);
+/* Convenience for up to 4 dims given inline: sd_arena_f32(a, &t, 4, B, C, H, W). */
+sd_status sd_arena_f32(sd_arena *a, sd_tensor *t, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                       int64_t d3);
+static inline int sd_arena_mark(const sd_arena *a) { return a->next; }
+static inline void sd_arena_release(sd_arena *a, int mark) { a->next = mark; }
+/* Total bytes held (for memory reports). */
+size_t sd_arena_bytes(const sd_arena *a);
+
+#endif

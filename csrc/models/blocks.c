@@ -1,0 +1,87 @@
+/* Blocks shared by the UNet and the VAE (see blocks.h). */
+#include <stdio.h>
+
+#include "blocks.h"
+
+sd_status sd_block_param(const sd_weights *w, const char *prefix, const char *name, int ndim,
+                         const int64_t *shape, const sd_tensor **out) {
+    char full[512];
+    int n = snprintf(full, sizeof full, "%s%s%s", prefix, prefix[0] ? "." : "", name);
+    if (n < 0 || (size_t)n >= sizeof full)
+        return sd_fail(SD_ERR_INVALID, "tensor name too long: %s.%s", prefix, name);
+    return sd_weights_require(w, full, ndim, shape, out);
+}
+
+#define VEC(n) ((const int64_t[]){(n)})
+
+sd_status sd_resnet_block_load(const sd_weights *w, const char *prefix, int in_ch, int out_ch,
+                               int temb_ch, int groups, float eps, sd_resnet_block *rb) {
+    *rb = (sd_resnet_block){.in_ch = in_ch, .out_ch = out_ch, .temb_ch = temb_ch,
+                            .groups = groups, .eps = eps};
+    SD_TRY(sd_block_param(w, prefix, "norm1.weight", 1, VEC(in_ch), &rb->norm1_w));
+    SD_TRY(sd_block_param(w, prefix, "norm1.bias", 1, VEC(in_ch), &rb->norm1_b));
+    SD_TRY(sd_block_param(w, prefix, "conv1.weight", 4, ((const int64_t[]){out_ch, in_ch, 3, 3}),
+                          &rb->conv1_w));
+    SD_TRY(sd_block_param(w, prefix, "conv1.bias", 1, VEC(out_ch), &rb->conv1_b));
+    if (temb_ch > 0) {
+        SD_TRY(sd_block_param(w, prefix, "time_emb_proj.weight", 2,
+                              ((const int64_t[]){out_ch, temb_ch}), &rb->temb_w));
+        SD_TRY(sd_block_param(w, prefix, "time_emb_proj.bias", 1, VEC(out_ch), &rb->temb_b));
+    }
+    SD_TRY(sd_block_param(w, prefix, "norm2.weight", 1, VEC(out_ch), &rb->norm2_w));
+    SD_TRY(sd_block_param(w, prefix, "norm2.bias", 1, VEC(out_ch), &rb->norm2_b));
+    SD_TRY(sd_block_param(w, prefix, "conv2.weight", 4, ((const int64_t[]){out_ch, out_ch, 3, 3}),
+                          &rb->conv2_w));
+    SD_TRY(sd_block_param(w, prefix, "conv2.bias", 1, VEC(out_ch), &rb->conv2_b));
+    if (in_ch != out_ch) {
+        SD_TRY(sd_block_param(w, prefix, "conv_shortcut.weight", 4,
+                              ((const int64_t[]){out_ch, in_ch, 1, 1}), &rb->short_w));
+        SD_TRY(sd_block_param(w, prefix, "conv_shortcut.bias", 1, VEC(out_ch), &rb->short_b));
+    }
+    return SD_OK;
+}
+
+sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
+                                  const sd_resnet_block *rb, const sd_tensor *x,
+                                  const sd_tensor *temb_silu, sd_tensor *out) {
+    int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+    int mark = sd_arena_mark(arena);
+    sd_tensor a, h;
+    sd_status s;
+    /* a (B, in, H, W) = silu(norm1(x)) */
+    if ((s = sd_arena_f32(arena, &a, 4, B, rb->in_ch, H, W)) ||
+        (s = be->group_norm(be, x, rb->norm1_w, rb->norm1_b, rb->groups, rb->eps, 1, &a)))
+        goto done;
+    /* h (B, out, H, W) = conv1(a) */
+    if ((s = sd_arena_f32(arena, &h, 4, B, rb->out_ch, H, W)) ||
+        (s = be->conv2d(be, &a, rb->conv1_w, rb->conv1_b, 1, 1, &h)))
+        goto done;
+    if (rb->temb_ch > 0 && temb_silu) {
+        /* t (B, out) = time_emb_proj(silu(temb)), added to every pixel of its channel */
+        sd_tensor t;
+        if ((s = sd_arena_f32(arena, &t, 2, B, rb->out_ch, 1, 1)) ||
+            (s = be->linear(be, temb_silu, rb->temb_w, rb->temb_b, &t)) ||
+            (s = be->add(be, &h, &t, &h)))
+            goto done;
+    }
+    /* a (B, out, H, W) = silu(norm2(h)); reuse a's slot only if it fits, so take a new one */
+    sd_tensor a2;
+    if ((s = sd_arena_f32(arena, &a2, 4, B, rb->out_ch, H, W)) ||
+        (s = be->group_norm(be, &h, rb->norm2_w, rb->norm2_b, rb->groups, rb->eps, 1, &a2)))
+        goto done;
+    /* out = conv2(a2) + shortcut(x) */
+    if ((s = be->conv2d(be, &a2, rb->conv2_w, rb->conv2_b, 1, 1, out)))
+        goto done;
+    if (rb->short_w) {
+        sd_tensor sc;
+        if ((s = sd_arena_f32(arena, &sc, 4, B, rb->out_ch, H, W)) ||
+            (s = be->conv2d(be, x, rb->short_w, rb->short_b, 1, 0, &sc)) ||
+            (s = be->add(be, out, &sc, out)))
+            goto done;
+    } else {
+        s = be->add(be, out, x, out);
+    }
+done:
+    sd_arena_release(arena, mark);
+    return s;
+}

@@ -1,0 +1,38 @@
+/* Building blocks shared by the UNet and the VAE, on the backend interface.
+ *
+ * Weight names are the diffusers state-dict names under a prefix, e.g.
+ * "down_blocks.0.resnets.1" or "decoder.mid_block.resnets.0". */
+#ifndef SDCORE_BLOCKS_H
+#define SDCORE_BLOCKS_H
+
+#include "arena.h"
+#include "sdcore.h"
+
+/* Look up "<prefix>.<name>" with the given shape; the error names the full tensor name. */
+sd_status sd_block_param(const sd_weights *w, const char *prefix, const char *name, int ndim,
+                         const int64_t *shape, const sd_tensor **out);
+
+/* diffusers' ResnetBlock2D:
+ *   h = conv1(silu(norm1(x))) [+ time_emb_proj(silu(temb)) per channel]
+ *   h = conv2(silu(norm2(h)))
+ *   out = shortcut(x) + h     (shortcut: 1x1 conv when channels change, else identity) */
+typedef struct {
+    int in_ch, out_ch, temb_ch; /* temb_ch 0: no time embedding (the VAE) */
+    int groups;
+    float eps;
+    const sd_tensor *norm1_w, *norm1_b, *conv1_w, *conv1_b;
+    const sd_tensor *temb_w, *temb_b; /* (out_ch, temb_ch), (out_ch) or NULL */
+    const sd_tensor *norm2_w, *norm2_b, *conv2_w, *conv2_b;
+    const sd_tensor *short_w, *short_b; /* (out_ch, in_ch, 1, 1) or NULL */
+} sd_resnet_block;
+
+sd_status sd_resnet_block_load(const sd_weights *w, const char *prefix, int in_ch, int out_ch,
+                               int temb_ch, int groups, float eps, sd_resnet_block *rb);
+
+/* x (B, in_ch, H, W), temb_silu (B, temb_ch) = silu(temb) or NULL -> out (B, out_ch, H, W).
+ * Temporaries come from the arena and are released before returning. */
+sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
+                                  const sd_resnet_block *rb, const sd_tensor *x,
+                                  const sd_tensor *temb_silu, sd_tensor *out);
+
+#endif
