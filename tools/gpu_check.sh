@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: build sdcore with its CUDA backend and run the test
+# suite there (CUDA tests included). Carried wheels in .whl/ are installed first.
+# Usage: bash tools/gpu_check.sh [pytest args]   (logs under $OUT when set)
+set -euo pipefail
+out=${OUT:-/tmp/sdcore-gpu}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+SDCORE_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/sdcore . \
+    2>&1 | tee "$out/build.log" | grep -E "error|sdcore build" || true
+export PYTHONPATH=/tmp/sdcore:$PYTHONPATH
+cd /tmp && python3 -c "import sdcore; print(sdcore.cuda_available(), sdcore.cuda_devices())"
+cd - >/dev/null
+python3 -m pytest -q -p no:cacheprovider --rootdir=/tmp "$@" 2>&1 | tee "$out/pytest.log"
