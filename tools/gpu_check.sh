@@ -13,6 +13,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 SDCORE_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/sdcore . \
     2>&1 | tee "$out/build.log" | grep -E "error|sdcore build" || true
 export PYTHONPATH=/tmp/sdcore:$PYTHONPATH
-cd /tmp && python3 -c "import sdcore; print(sdcore.cuda_available(), sdcore.cuda_devices())"
-cd - >/dev/null
-python3 -m pytest -q -p no:cacheprovider --rootdir=/tmp "$@" 2>&1 | tee "$out/pytest.log"
+repo=$(pwd)
+# run from outside the checkout so its sdcore/ (no compiled extension) does not shadow the build
+cd /tmp
+python3 -c "import sdcore; print(sdcore.__file__, sdcore.cuda_available(), sdcore.cuda_devices())"
+python3 -m pytest -q -p no:cacheprovider "$repo/tests" "$@" 2>&1 | tee "$out/pytest.log"
