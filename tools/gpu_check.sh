@@ -3,6 +3,7 @@
 # suite there (CUDA tests included). Carried wheels in .whl/ are installed first.
 # Usage: bash tools/gpu_check.sh [pytest args]   (logs under $OUT when set)
 set -euo pipefail
+export SDCORE_CUDA=1
 out=${OUT:-/tmp/sdcore-gpu}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
