@@ -149,7 +149,20 @@ def newer(src, dst):
     return not os.path.exists(dst) or os.path.getmtime(src) > os.path.getmtime(dst)
 
 
+def check_libpng():
+    """libpng's headers are needed to build; say how to get them instead of a compiler error."""
+    dirs = ["/usr/include", "/usr/local/include", "/opt/homebrew/include"]
+    dirs += os.environ.get("CPATH", "").split(":") + os.environ.get("C_INCLUDE_PATH", "").split(":")
+    if not any(d and os.path.exists(os.path.join(d, "png.h")) for d in dirs):
+        raise SystemExit(
+            "sdcore needs libpng's headers to build: install them first "
+            "(Debian/Ubuntu: apt-get install libpng-dev; Fedora: dnf install libpng-devel; "
+            "macOS: brew install libpng)"
+        )
+
+
 def extension():
+    check_libpng()
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.c"), recursive=True))
     blas_lib = scipy_openblas32.get_lib_dir()
     return Extension(
@@ -157,7 +170,7 @@ def extension():
         sources=sources,
         include_dirs=["csrc", numpy.get_include(), scipy_openblas32.get_include_dir()],
         library_dirs=[blas_lib],
-        libraries=[scipy_openblas32.get_library(), "m", "dl"],
+        libraries=[scipy_openblas32.get_library(), "png", "m", "dl"],
         # OpenBLAS is found beside us in site-packages (the scipy-openblas32 wheel);
         # sdcore/__init__.py also preloads it, which covers in-place builds.
         runtime_library_dirs=["$ORIGIN/../scipy_openblas32/lib"],

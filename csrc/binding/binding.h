@@ -46,5 +46,6 @@ PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
 /* method tables of each binding file, joined in module.c */
 extern PyMethodDef sd_ops_methods[];
 extern PyMethodDef sd_device_methods[];
+extern PyMethodDef sd_image_methods[];
 
 #endif

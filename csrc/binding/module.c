@@ -83,7 +83,7 @@ static int module_exec(PyObject *module) {
     PyObject *bases = NULL;
     int rc = -1;
     if (add_methods(module, module_methods) < 0 || add_methods(module, sd_ops_methods) < 0 ||
-        add_methods(module, sd_device_methods) < 0)
+        add_methods(module, sd_device_methods) < 0 || add_methods(module, sd_image_methods) < 0)
         goto done;
     sd_exc_error = new_exception(module, "SdcoreError", PyExc_RuntimeError,
                                  "Base class of the errors the sdcore engine reports.");
