@@ -1,26 +1,79 @@
-/* Multi-head scaled dot-product attention, tiled over query blocks.
+/* Multi-head scaled dot-product attention, flash style: tiled over query blocks and
+ * key blocks with an online softmax.
  *
- * For one (batch, head, query block): S (QB, Tk) = Q_blk K^T through BLAS, a softmax
- * of each row of S in place, then O_blk (QB, D) = P V through BLAS. Only a QB x Tk
- * block of scores exists at a time (the full 4096 x 4096 matrix of one head would be
- * 64 MiB), and each block is independent, so blocks run in parallel, each thread
- * calling the serial GEMM. Heads are read in place from the (B, T, H*D)
- * layout with a row stride of H*D: no transposes. */
+ * For one (batch, head, query block) the keys are visited a block at a time:
+ *   S (QB, KB) = Q_blk K_blk^T                 (BLAS)
+ *   m' = max(m, rowmax S);  P = exp((S - m') * scale)
+ *   l = l * exp((m - m') * scale) + rowsum P;  O = O * exp((m - m') * scale) + P V_blk (BLAS)
+ * and O / l is the result. Only a QB x KB tile of scores exists (128 KiB: it stays in
+ * the core's L2 cache, where a whole 4096-key row block would not), and each query
+ * block is independent, so blocks run in parallel, each thread calling the serial
+ * GEMM. Heads are read in place from the (B, T, H*D) layout with a row stride of H*D:
+ * no transposes. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cpu_ops.h"
 #include "fast_math.h"
 
-#define ATTN_QBLOCK 128
+#define ATTN_QBLOCK 64
+#define ATTN_KBLOCK 512
 
-/* softmax of row s (n) scaled by `scale` in place; entries from `limit` on are masked */
-static void softmax_row_scaled(float *s, int64_t n, float scale, int64_t limit) {
-    float mx = sd_max_f32(s, limit);
-    float sum = sd_exp_shifted_sum(s, limit, mx, scale);
-    sd_scale_inplace(s, limit, 1.0f / sum);
-    for (int64_t j = limit; j < n; j++)
-        s[j] = 0.0f;
+typedef struct {
+    float *scores; /* (QB, KB) */
+    float *acc;    /* (QB, D): the running, unnormalised output */
+    float *row_max, *row_sum;
+} attn_scratch;
+
+/* One query block against all keys; writes rows x D of the output at `op` (stride ld). */
+static void attend_block(const float *qp, const float *kp, const float *vp, float *op,
+                         int64_t ld, int rows, int q0, int Tk, int D, int causal, float scale,
+                         attn_scratch *w) {
+    for (int r = 0; r < rows; r++) {
+        w->row_max[r] = -INFINITY;
+        w->row_sum[r] = 0.0f;
+    }
+    memset(w->acc, 0, sizeof(float) * (size_t)rows * D);
+    /* with a causal mask, keys past the block's last query are never used */
+    int keys_total = causal ? (q0 + rows < Tk ? q0 + rows : Tk) : Tk;
+    for (int k0 = 0; k0 < keys_total; k0 += ATTN_KBLOCK) {
+        int kb = keys_total - k0 < ATTN_KBLOCK ? keys_total - k0 : ATTN_KBLOCK;
+        /* scores (rows, kb) = Q_blk (rows, D) @ K_blk^T */
+        cpu_sgemm_serial(1, rows, kb, D, 1.0f, qp, ld, kp + (int64_t)k0 * ld, ld, 0.0f,
+                         w->scores, kb);
+        for (int r = 0; r < rows; r++) {
+            float *s = w->scores + (int64_t)r * kb;
+            /* causal: query q0 + r sees keys up to itself */
+            int limit = causal ? (q0 + r + 1 - k0 < kb ? q0 + r + 1 - k0 : kb) : kb;
+            if (limit <= 0) {
+                memset(s, 0, sizeof(float) * (size_t)kb);
+                continue;
+            }
+            float m_old = w->row_max[r];
+            float m_blk = sd_max_f32(s, limit);
+            float m_new = m_blk > m_old ? m_blk : m_old;
+            float sum = sd_exp_shifted_sum(s, limit, m_new, scale);
+            for (int j = limit; j < kb; j++)
+                s[j] = 0.0f;
+            /* rescale what was accumulated under the old max (exp(-inf) = 0 the first time) */
+            float correction = m_old == -INFINITY ? 0.0f : expf((m_old - m_new) * scale);
+            w->row_sum[r] = w->row_sum[r] * correction + sum;
+            w->row_max[r] = m_new;
+            if (correction != 1.0f)
+                sd_scale_inplace(w->acc + (int64_t)r * D, D, correction);
+        }
+        /* acc (rows, D) += P (rows, kb) @ V_blk (kb, D) */
+        cpu_sgemm_serial(0, rows, D, kb, 1.0f, w->scores, kb, vp + (int64_t)k0 * ld, ld, 1.0f,
+                         w->acc, D);
+    }
+    for (int r = 0; r < rows; r++) {
+        float inv = 1.0f / w->row_sum[r];
+        const float *a = w->acc + (int64_t)r * D;
+        float *o = op + (int64_t)r * ld;
+        for (int d = 0; d < D; d++)
+            o[d] = a[d] * inv;
+    }
 }
 
 sd_status cpu_attention_f32(const float *q, const float *k, const float *v, float *out, int B,
@@ -33,14 +86,19 @@ sd_status cpu_attention_f32(const float *q, const float *k, const float *v, floa
 
 #pragma omp parallel
     {
-        float *scores = malloc(sizeof(float) * ATTN_QBLOCK * (size_t)Tk);
-        if (!scores) {
+        attn_scratch w;
+        w.scores = malloc(sizeof(float) * ATTN_QBLOCK * ATTN_KBLOCK);
+        w.acc = malloc(sizeof(float) * ATTN_QBLOCK * (size_t)D);
+        w.row_max = malloc(sizeof(float) * ATTN_QBLOCK);
+        w.row_sum = malloc(sizeof(float) * ATTN_QBLOCK);
+        int ok = w.scores && w.acc && w.row_max && w.row_sum;
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < tasks; t++) {
-            if (!scores)
+            if (!ok)
                 continue;
             int qb = (int)(t % nqb);
             int h = (int)(t / nqb % H);
@@ -51,20 +109,14 @@ sd_status cpu_attention_f32(const float *q, const float *k, const float *v, floa
             const float *kp = k + (int64_t)b * Tk * ld + (int64_t)h * D;
             const float *vp = v + (int64_t)b * Tk * ld + (int64_t)h * D;
             float *op = out + ((int64_t)b * Tq + q0) * ld + (int64_t)h * D;
-            /* with a causal mask, keys past the block's last query are never used */
-            int keys = causal ? (q0 + rows < Tk ? q0 + rows : Tk) : Tk;
-            /* scores (rows, keys) = Q_blk (rows, D) @ K^T */
-            cpu_sgemm_serial(1, rows, keys, D, 1.0f, qp, ld, kp, ld, 0.0f, scores, keys);
-            for (int r = 0; r < rows; r++) {
-                int64_t limit = causal ? q0 + r + 1 : keys;
-                softmax_row_scaled(scores + (int64_t)r * keys, keys, scale, limit);
-            }
-            /* O_blk (rows, D) = P (rows, keys) @ V (keys, D) */
-            cpu_sgemm_serial(0, rows, D, keys, 1.0f, scores, keys, vp, ld, 0.0f, op, ld);
+            attend_block(qp, kp, vp, op, ld, rows, q0, Tk, D, causal, scale, &w);
         }
-        free(scores);
+        free(w.scores);
+        free(w.acc);
+        free(w.row_max);
+        free(w.row_sum);
     }
     if (failed)
-        return sd_fail(SD_ERR_NOMEM, "attention: cannot allocate the score buffer");
+        return sd_fail(SD_ERR_NOMEM, "attention: cannot allocate scratch buffers");
     return SD_OK;
 }
