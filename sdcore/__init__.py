@@ -61,6 +61,7 @@ __all__ = [
     "cuda_available",
     "cuda_devices",
     "ops",
+    "samplers",
 ]
 
-from sdcore import ops  # noqa: E402
+from sdcore import ops, samplers  # noqa: E402

@@ -43,9 +43,13 @@ sd_weights *sd_weights_from_py(PyObject *obj, const char *op, const char *arg);
 /* Wrap (and take ownership of) w; keepalive is referenced for as long as it lives. */
 PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
 
+/* sdcore._C.Sampler (sampler.c) */
+int sd_sampler_type_init(PyObject *module);
+
 /* method tables of each binding file, joined in module.c */
 extern PyMethodDef sd_ops_methods[];
 extern PyMethodDef sd_device_methods[];
 extern PyMethodDef sd_image_methods[];
+extern PyMethodDef sd_sampler_methods[];
 
 #endif

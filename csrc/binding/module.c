@@ -65,6 +65,16 @@ static int add_methods(PyObject *module, PyMethodDef *defs) {
     return PyModule_AddFunctions(module, defs);
 }
 
+/* every binding file's functions, one table a line */
+static PyMethodDef *method_tables[] = {
+    module_methods,
+    sd_ops_methods,
+    sd_device_methods,
+    sd_image_methods,
+    sd_sampler_methods,
+    NULL,
+};
+
 static PyObject *new_exception(PyObject *module, const char *name, PyObject *bases,
                                const char *doc) {
     char qualified[128];
@@ -82,9 +92,9 @@ static PyObject *new_exception(PyObject *module, const char *name, PyObject *bas
 static int module_exec(PyObject *module) {
     PyObject *bases = NULL;
     int rc = -1;
-    if (add_methods(module, module_methods) < 0 || add_methods(module, sd_ops_methods) < 0 ||
-        add_methods(module, sd_device_methods) < 0 || add_methods(module, sd_image_methods) < 0)
-        goto done;
+    for (PyMethodDef **table = method_tables; *table; table++)
+        if (add_methods(module, *table) < 0)
+            goto done;
     sd_exc_error = new_exception(module, "SdcoreError", PyExc_RuntimeError,
                                  "Base class of the errors the sdcore engine reports.");
     if (!sd_exc_error)
@@ -102,6 +112,8 @@ static int module_exec(PyObject *module) {
     if (!sd_exc_format || !sd_exc_unsupported || !sd_exc_device || !sd_exc_cancelled)
         goto done;
     if (sd_weights_type_init(module) < 0)
+        goto done;
+    if (sd_sampler_type_init(module) < 0)
         goto done;
     rc = 0;
 done:

@@ -1,0 +1,55 @@
+/* DDIM (Song et al. 2020) with eta = 0: diffusers' DDIMScheduler. */
+#include "sampling/sampler_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+sd_status sd_ddim_setup(sd_sampler *s) {
+    int64_t *buf = malloc(sizeof(int64_t) * (size_t)(s->num_inference_steps + 1));
+    if (!buf)
+        return sd_fail(SD_ERR_NOMEM, "ddim: no memory for timesteps");
+    int count = 0;
+    sd_status st = sd_spacing_int(s, 1, buf, &count);
+    if (st == SD_OK) {
+        s->timesteps = malloc(sizeof(float) * (size_t)count);
+        if (!s->timesteps)
+            st = sd_fail(SD_ERR_NOMEM, "ddim: no memory for timesteps");
+    }
+    if (st == SD_OK) {
+        for (int k = 0; k < count; k++)
+            s->timesteps[k] = (float)buf[k];
+        s->num_timesteps = count;
+    }
+    free(buf);
+    return st;
+}
+
+sd_status sd_ddim_step(sd_sampler *s, int i, const float *eps, float *x, int64_t n) {
+    int t = (int)s->timesteps[i];
+    int prev_t = t - s->train_timesteps / s->num_inference_steps;
+    float a_t = s->alphas_cumprod[t];
+    float a_prev = prev_t >= 0 ? s->alphas_cumprod[prev_t]
+                               : (s->cfg.set_alpha_to_one ? 1.0f : s->alphas_cumprod[0]);
+    float b_t = 1.0f - a_t;
+    float sqrt_a = sqrtf(a_t), sqrt_b = sqrtf(b_t);
+    float sqrt_a_prev = sqrtf(a_prev);
+    /* (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 with std_dev_t = 0 */
+    float dir = sqrtf((1.0f - a_prev) - 0.0f);
+    int clip = s->cfg.clip_sample;
+    float range = (float)s->cfg.clip_sample_range;
+    int v = s->cfg.prediction_type == SD_PREDICT_V;
+    for (int64_t k = 0; k < n; k++) {
+        float x0, e;
+        if (v) {
+            x0 = sqrt_a * x[k] - sqrt_b * eps[k];
+            e = sqrt_a * eps[k] + sqrt_b * x[k];
+        } else {
+            x0 = (x[k] - sqrt_b * eps[k]) / sqrt_a;
+            e = eps[k];
+        }
+        if (clip)
+            x0 = x0 < -range ? -range : (x0 > range ? range : x0);
+        x[k] = sqrt_a_prev * x0 + dir * e;
+    }
+    return SD_OK;
+}

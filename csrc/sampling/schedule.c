@@ -1,0 +1,460 @@
+/* The training schedule (betas, cumulative alphas, sigmas), the timestep spacings, and
+ * the sampler object's life cycle and dispatch.
+ *
+ * Each helper mirrors one NumPy or torch expression of diffusers; the comments name it,
+ * because the casts between float32 and float64 are what makes the numbers agree. */
+#include "sampling/sampler_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const kind_names[SD_SAMPLER_COUNT] = {
+    [SD_SAMPLER_DDIM] = "ddim",
+    [SD_SAMPLER_EULER] = "euler",
+    [SD_SAMPLER_EULER_A] = "euler_a",
+    [SD_SAMPLER_DPMPP_2M] = "dpmpp_2m",
+    [SD_SAMPLER_DPMPP_2M_KARRAS] = "dpmpp_2m_karras",
+    [SD_SAMPLER_PNDM] = "pndm",
+    [SD_SAMPLER_LMS] = "lms",
+};
+
+int sd_sampler_parse_kind(const char *name) {
+    if (!name)
+        return -1;
+    for (int k = 0; k < SD_SAMPLER_COUNT; k++)
+        if (strcmp(name, kind_names[k]) == 0)
+            return k;
+    return -1;
+}
+
+const char *sd_sampler_kind_name(int kind) {
+    return kind >= 0 && kind < SD_SAMPLER_COUNT ? kind_names[kind] : NULL;
+}
+
+void sd_sampler_config_default(sd_sampler_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->num_train_timesteps = 1000;
+    cfg->beta_start = 0.00085;
+    cfg->beta_end = 0.012;
+    cfg->beta_schedule = SD_BETA_SCALED_LINEAR;
+    cfg->trained_betas = NULL;
+    cfg->prediction_type = SD_PREDICT_EPSILON;
+    cfg->steps_offset = 1;
+    cfg->timestep_spacing = SD_SPACING_DEFAULT;
+    cfg->clip_sample = 0;
+    cfg->clip_sample_range = 1.0;
+    cfg->set_alpha_to_one = 0;
+    cfg->use_karras_sigmas = 0;
+    cfg->final_sigmas_type = SD_FINAL_SIGMA_ZERO;
+    cfg->lower_order_final = 1;
+    cfg->euler_at_final = 0;
+}
+
+/* ------------------------------------------------------------- numpy mirrors ---- */
+
+double sd_np_linspace(double start, double stop, int num, int i) {
+    if (num == 1)
+        return start; /* numpy: div == 0, y = i * delta + start */
+    if (i == num - 1)
+        return stop;
+    double div = (double)(num - 1);
+    double delta = stop - start;
+    double step = delta / div;
+    if (step == 0.0)
+        return ((double)i / div) * delta + start;
+    return (double)i * step + start;
+}
+
+double sd_np_interp(double x, const float *fp, int len) {
+    /* xp = 0, 1, ..., len - 1 */
+    if (!(x > 0.0))
+        return x == x ? (double)fp[0] : x;
+    if (x >= (double)(len - 1))
+        return (double)fp[len - 1];
+    int j = (int)floor(x);
+    if ((double)j == x)
+        return (double)fp[j];
+    double slope = ((double)fp[j + 1] - (double)fp[j]) / 1.0;
+    return slope * (x - (double)j) + (double)fp[j];
+}
+
+double sd_sigma_to_t(double sigma, const float *log_sigmas, int len) {
+    double log_sigma = log(sigma > 1e-10 ? sigma : 1e-10);
+    /* low_idx = cumsum(dists >= 0).argmax(), clipped to len - 2 */
+    int low = 0, count = 0, best = -1;
+    for (int k = 0; k < len; k++) {
+        if (log_sigma - (double)log_sigmas[k] >= 0.0)
+            count++;
+        if (count > best) {
+            best = count;
+            low = k;
+        }
+    }
+    if (low > len - 2)
+        low = len - 2;
+    int high = low + 1;
+    double lo = (double)log_sigmas[low], hi = (double)log_sigmas[high];
+    double w = (lo - log_sigma) / (lo - hi);
+    w = w < 0.0 ? 0.0 : (w > 1.0 ? 1.0 : w);
+    return (1.0 - w) * (double)low + w * (double)high;
+}
+
+void sd_karras_sigmas(double sigma_min, double sigma_max, int n, double *out) {
+    const double rho = 7.0;
+    double min_inv_rho = pow(sigma_min, 1.0 / rho);
+    double max_inv_rho = pow(sigma_max, 1.0 / rho);
+    for (int i = 0; i < n; i++) {
+        double ramp = sd_np_linspace(0.0, 1.0, n, i);
+        out[i] = pow(max_inv_rho + ramp * (min_inv_rho - max_inv_rho), rho);
+    }
+}
+
+/* Length and element k of numpy.arange(start, stop, step) for floats. */
+static int64_t np_arange_len(double start, double stop, double step) {
+    double len = ceil((stop - start) / step);
+    return len > 0 ? (int64_t)len : 0;
+}
+
+static double np_arange_at(double start, double step, int64_t k) {
+    if (k == 0)
+        return start;
+    /* numpy fills from the first two values: delta = (start + step) - start */
+    double delta = (start + step) - start;
+    return k == 1 ? start + step : start + (double)k * delta;
+}
+
+static const char *spacing_name(sd_timestep_spacing sp) {
+    return sp == SD_SPACING_LEADING    ? "leading"
+           : sp == SD_SPACING_LINSPACE ? "linspace"
+                                       : "trailing";
+}
+
+sd_status sd_spacing_int(const sd_sampler *s, int descending, int64_t *out, int *n_out) {
+    int n = s->num_inference_steps, T = s->train_timesteps;
+    int count = 0;
+    switch (s->cfg.timestep_spacing) {
+    case SD_SPACING_LEADING: {
+        int64_t ratio = T / n;
+        for (int k = 0; k < n; k++)
+            out[count++] = (int64_t)k * ratio + s->cfg.steps_offset;
+        break;
+    }
+    case SD_SPACING_LINSPACE:
+        for (int k = 0; k < n; k++)
+            out[count++] = (int64_t)nearbyint(sd_np_linspace(0.0, T - 1, n, k));
+        break;
+    case SD_SPACING_TRAILING: {
+        /* np.round(np.arange(T, 0, -T / n)) - 1, produced descending */
+        double ratio = (double)T / (double)n;
+        int64_t len = np_arange_len((double)T, 0.0, -ratio);
+        if (len > n + 1)
+            return sd_fail(SD_ERR_INVALID, "timestep_spacing 'trailing' gave %lld timesteps",
+                           (long long)len);
+        for (int64_t k = len - 1; k >= 0; k--)
+            out[count++] = (int64_t)nearbyint(np_arange_at((double)T, -ratio, k)) - 1;
+        break;
+    }
+    default:
+        return sd_fail(SD_ERR_INVALID, "timestep_spacing: unresolved value %d",
+                       (int)s->cfg.timestep_spacing);
+    }
+    if (descending)
+        for (int a = 0, b = count - 1; a < b; a++, b--) {
+            int64_t t = out[a];
+            out[a] = out[b];
+            out[b] = t;
+        }
+    for (int k = 0; k < count; k++)
+        if (out[k] < 0 || out[k] >= T)
+            return sd_fail(SD_ERR_INVALID,
+                           "timestep_spacing '%s' with steps_offset %d and %d steps gives "
+                           "timestep %lld, outside [0, num_train_timesteps=%d)",
+                           spacing_name(s->cfg.timestep_spacing), s->cfg.steps_offset, n,
+                           (long long)out[k], T);
+    *n_out = count;
+    return SD_OK;
+}
+
+void sd_training_sigmas(const sd_sampler *s, float *out) {
+    /* ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5 on float32 tensors */
+    for (int t = 0; t < s->train_timesteps; t++) {
+        float a = s->alphas_cumprod[t];
+        out[t] = sqrtf((1.0f - a) / a);
+    }
+}
+
+/* ------------------------------------------------------------------ betas ---- */
+
+/* torch.linspace(start, end, steps, dtype=float32): a fused multiply-add from each end
+ * (the CPU kernel is compiled with FMA contraction; this matches it bit for bit). */
+static float torch_linspace_f32(float start, float end, int steps, int i) {
+    if (steps == 1)
+        return start;
+    float step = (end - start) / (float)(steps - 1);
+    if (i < steps / 2)
+        return fmaf(step, (float)i, start);
+    return fmaf(-step, (float)(steps - i - 1), end);
+}
+
+static sd_status make_alphas_cumprod(sd_sampler *s, const float *trained_betas) {
+    int T = s->train_timesteps;
+    s->alphas_cumprod = malloc(sizeof(float) * (size_t)T);
+    if (!s->alphas_cumprod)
+        return sd_fail(SD_ERR_NOMEM, "sampler: no memory for %d alphas", T);
+    /* torch.cumprod of float32 accumulates in double on the CPU */
+    double acc = 1.0;
+    for (int t = 0; t < T; t++) {
+        float beta;
+        if (trained_betas) {
+            beta = trained_betas[t];
+        } else if (s->cfg.beta_schedule == SD_BETA_LINEAR) {
+            beta = torch_linspace_f32((float)s->cfg.beta_start, (float)s->cfg.beta_end, T, t);
+        } else {
+            float r = torch_linspace_f32((float)sqrt(s->cfg.beta_start),
+                                         (float)sqrt(s->cfg.beta_end), T, t);
+            beta = r * r;
+        }
+        float alpha = 1.0f - beta;
+        acc *= (double)alpha;
+        s->alphas_cumprod[t] = (float)acc;
+    }
+    return SD_OK;
+}
+
+/* ----------------------------------------------------------------- create ---- */
+
+static sd_status check_config(int kind, const sd_sampler_config *c) {
+    if (c->num_train_timesteps < 2 || c->num_train_timesteps > 100000)
+        return sd_fail(SD_ERR_INVALID,
+                       "sampler config: num_train_timesteps must be in [2, 100000], got %d",
+                       c->num_train_timesteps);
+    if (!c->trained_betas) {
+        if (!(c->beta_start > 0.0 && c->beta_start < 1.0))
+            return sd_fail(SD_ERR_INVALID, "sampler config: beta_start must be in (0, 1), got %g",
+                           c->beta_start);
+        if (!(c->beta_end > 0.0 && c->beta_end < 1.0))
+            return sd_fail(SD_ERR_INVALID, "sampler config: beta_end must be in (0, 1), got %g",
+                           c->beta_end);
+        if (c->beta_schedule != SD_BETA_LINEAR && c->beta_schedule != SD_BETA_SCALED_LINEAR)
+            return sd_fail(SD_ERR_INVALID, "sampler config: beta_schedule: unknown value %d",
+                           (int)c->beta_schedule);
+    } else {
+        for (int t = 0; t < c->num_train_timesteps; t++)
+            if (!(c->trained_betas[t] > 0.0f && c->trained_betas[t] < 1.0f))
+                return sd_fail(SD_ERR_INVALID, "sampler config: trained_betas[%d] = %g is not in "
+                               "(0, 1)", t, (double)c->trained_betas[t]);
+    }
+    if (c->prediction_type != SD_PREDICT_EPSILON && c->prediction_type != SD_PREDICT_V)
+        return sd_fail(SD_ERR_INVALID, "sampler config: prediction_type: unknown value %d",
+                       (int)c->prediction_type);
+    if (c->steps_offset < 0 || c->steps_offset >= c->num_train_timesteps)
+        return sd_fail(SD_ERR_INVALID, "sampler config: steps_offset must be in [0, %d), got %d",
+                       c->num_train_timesteps, c->steps_offset);
+    if (c->timestep_spacing < SD_SPACING_DEFAULT || c->timestep_spacing > SD_SPACING_TRAILING)
+        return sd_fail(SD_ERR_INVALID, "sampler config: timestep_spacing: unknown value %d",
+                       (int)c->timestep_spacing);
+    if (c->final_sigmas_type != SD_FINAL_SIGMA_ZERO && c->final_sigmas_type != SD_FINAL_SIGMA_MIN)
+        return sd_fail(SD_ERR_INVALID, "sampler config: final_sigmas_type: unknown value %d",
+                       (int)c->final_sigmas_type);
+    if (c->clip_sample && !(c->clip_sample_range > 0.0))
+        return sd_fail(SD_ERR_INVALID, "sampler config: clip_sample_range must be > 0, got %g",
+                       c->clip_sample_range);
+    if (c->use_karras_sigmas && kind != SD_SAMPLER_EULER && kind != SD_SAMPLER_DPMPP_2M &&
+        kind != SD_SAMPLER_DPMPP_2M_KARRAS)
+        return sd_fail(SD_ERR_INVALID, "sampler config: use_karras_sigmas is supported by euler "
+                       "and dpmpp_2m only, not %s", kind_names[kind]);
+    if (c->clip_sample && kind != SD_SAMPLER_DDIM)
+        return sd_fail(SD_ERR_INVALID, "sampler config: clip_sample is supported by ddim only, "
+                       "not %s", kind_names[kind]);
+    return SD_OK;
+}
+
+sd_status sd_sampler_create(int kind, const sd_sampler_config *cfg, int num_steps,
+                            sd_sampler **out) {
+    if (!out)
+        return sd_fail(SD_ERR_INVALID, "sd_sampler_create: out is NULL");
+    *out = NULL;
+    if (kind < 0 || kind >= SD_SAMPLER_COUNT)
+        return sd_fail(SD_ERR_INVALID, "sampler kind %d is not one of the %d samplers", kind,
+                       SD_SAMPLER_COUNT);
+    sd_sampler_config c;
+    if (cfg)
+        c = *cfg;
+    else
+        sd_sampler_config_default(&c);
+    SD_TRY(check_config(kind, &c));
+    if (num_steps < 1 || num_steps > c.num_train_timesteps)
+        return sd_fail(SD_ERR_INVALID, "num_steps must be in [1, num_train_timesteps=%d], got %d",
+                       c.num_train_timesteps, num_steps);
+    if (c.timestep_spacing == SD_SPACING_DEFAULT)
+        c.timestep_spacing = (kind == SD_SAMPLER_DDIM || kind == SD_SAMPLER_PNDM)
+                                 ? SD_SPACING_LEADING
+                                 : SD_SPACING_LINSPACE;
+    const float *trained_betas = c.trained_betas;
+    c.trained_betas = NULL;
+
+    sd_sampler *s = calloc(1, sizeof *s);
+    if (!s)
+        return sd_fail(SD_ERR_NOMEM, "sampler: no memory");
+    s->kind = (sd_sampler_kind)kind;
+    s->cfg = c;
+    s->num_inference_steps = num_steps;
+    s->train_timesteps = c.num_train_timesteps;
+    s->karras = kind == SD_SAMPLER_DPMPP_2M_KARRAS || c.use_karras_sigmas;
+    s->init_noise_sigma = 1.0f;
+    sd_status st = make_alphas_cumprod(s, trained_betas);
+    if (st == SD_OK) {
+        switch (s->kind) {
+        case SD_SAMPLER_DDIM: st = sd_ddim_setup(s); break;
+        case SD_SAMPLER_EULER:
+        case SD_SAMPLER_EULER_A:
+        case SD_SAMPLER_LMS: st = sd_euler_setup(s); break;
+        case SD_SAMPLER_DPMPP_2M:
+        case SD_SAMPLER_DPMPP_2M_KARRAS: st = sd_dpmpp_setup(s); break;
+        case SD_SAMPLER_PNDM: st = sd_pndm_setup(s); break;
+        default: st = sd_fail(SD_ERR_INVALID, "sampler kind %d", kind); break;
+        }
+    }
+    /* diffusers lets a few (spacing, steps_offset, steps) combinations run past the
+     * training range (timestep T with "leading" near T steps, -1 with "trailing" at some
+     * counts), where it indexes alphas out of range or repeats a sigma and divides by a
+     * zero step; refuse them instead */
+    for (int i = 0; st == SD_OK && i < s->num_timesteps; i++)
+        if (!(s->timesteps[i] >= 0.0f && s->timesteps[i] <= (float)(s->train_timesteps - 1)))
+            st = sd_fail(SD_ERR_INVALID,
+                         "timestep_spacing '%s' with steps_offset %d and %d steps gives "
+                         "timestep %g, outside [0, num_train_timesteps=%d)",
+                         spacing_name(c.timestep_spacing), c.steps_offset, num_steps,
+                         (double)s->timesteps[i], s->train_timesteps);
+    if (st != SD_OK) {
+        sd_sampler_free(s);
+        return st;
+    }
+    *out = s;
+    return SD_OK;
+}
+
+void sd_sampler_free(sd_sampler *s) {
+    if (!s)
+        return;
+    free(s->alphas_cumprod);
+    free(s->timesteps);
+    free(s->sigmas);
+    for (int k = 0; k < SD_SAMPLER_MAX_HISTORY; k++)
+        free(s->history[k]);
+    free(s->cur_sample);
+    free(s->scratch);
+    free(s);
+}
+
+/* -------------------------------------------------------------- accessors ---- */
+
+sd_sampler_kind sd_sampler_kind_of(const sd_sampler *s) { return s->kind; }
+int sd_sampler_num_steps(const sd_sampler *s) { return s->num_timesteps; }
+float sd_sampler_init_noise_sigma(const sd_sampler *s) { return s->init_noise_sigma; }
+const float *sd_sampler_sigmas(const sd_sampler *s) { return s->sigmas; }
+const float *sd_sampler_alphas_cumprod(const sd_sampler *s) { return s->alphas_cumprod; }
+int sd_sampler_num_train_timesteps(const sd_sampler *s) { return s->train_timesteps; }
+int sd_sampler_needs_noise(const sd_sampler *s) { return s->kind == SD_SAMPLER_EULER_A; }
+
+float sd_sampler_timestep(const sd_sampler *s, int i) {
+    if (i < 0 || i >= s->num_timesteps)
+        return NAN;
+    return s->timesteps[i];
+}
+
+static int uses_sigma_scaling(const sd_sampler *s) {
+    return s->kind == SD_SAMPLER_EULER || s->kind == SD_SAMPLER_EULER_A ||
+           s->kind == SD_SAMPLER_LMS;
+}
+
+sd_status sd_sampler_scale_model_input(const sd_sampler *s, int i, const float *x, float *out,
+                                       int64_t n) {
+    if (i < 0 || i >= s->num_timesteps)
+        return sd_fail(SD_ERR_INVALID, "scale_model_input: step %d out of range [0, %d)", i,
+                       s->num_timesteps);
+    if (n < 1 || !x || !out)
+        return sd_fail(SD_ERR_INVALID, "scale_model_input: empty sample");
+    if (!uses_sigma_scaling(s)) {
+        if (out != x)
+            memcpy(out, x, sizeof(float) * (size_t)n);
+        return SD_OK;
+    }
+    /* sample / ((sigma**2 + 1) ** 0.5), a float32 division per element */
+    float sigma = s->sigmas[i];
+    float d = sqrtf(sigma * sigma + 1.0f);
+    for (int64_t k = 0; k < n; k++)
+        out[k] = x[k] / d;
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------ state ---- */
+
+sd_status sd_sampler_state_alloc(sd_sampler *s, int64_t n, int history_slots) {
+    if (s->n == n)
+        return SD_OK;
+    size_t bytes = sizeof(float) * (size_t)n;
+    for (int k = 0; k < history_slots; k++) {
+        if (!s->history[k])
+            s->history[k] = malloc(bytes);
+        if (!s->history[k])
+            return sd_fail(SD_ERR_NOMEM, "sampler: no memory for its history (%lld floats)",
+                           (long long)n);
+    }
+    if (!s->cur_sample)
+        s->cur_sample = malloc(bytes);
+    if (!s->scratch)
+        s->scratch = malloc(bytes);
+    if (!s->cur_sample || !s->scratch)
+        return sd_fail(SD_ERR_NOMEM, "sampler: no memory for %lld floats", (long long)n);
+    s->n = n;
+    return SD_OK;
+}
+
+void sd_sampler_history_push(sd_sampler *s, const float *x, int keep) {
+    if (s->history_len == keep) {
+        /* rotate the oldest buffer to the end and overwrite it */
+        float *oldest = s->history[0];
+        for (int k = 1; k < keep; k++)
+            s->history[k - 1] = s->history[k];
+        s->history[keep - 1] = oldest;
+        s->history_len--;
+    }
+    memcpy(s->history[s->history_len++], x, sizeof(float) * (size_t)s->n);
+}
+
+sd_status sd_sampler_step(sd_sampler *s, int i, const float *model_output, float *sample,
+                          const float *noise, int64_t n) {
+    if (i < 0 || i >= s->num_timesteps)
+        return sd_fail(SD_ERR_INVALID, "sampler step %d out of range [0, %d)", i,
+                       s->num_timesteps);
+    if (i != s->next_step)
+        return sd_fail(SD_ERR_INVALID,
+                       "sampler steps must come in order: expected step %d, got %d (create a "
+                       "new sampler to start again)",
+                       s->next_step, i);
+    if (n < 1 || !model_output || !sample)
+        return sd_fail(SD_ERR_INVALID, "sampler step: empty sample or model_output");
+    if (s->n && n != s->n)
+        return sd_fail(SD_ERR_INVALID, "sampler step: sample has %lld elements, earlier steps "
+                       "had %lld", (long long)n, (long long)s->n);
+    if (sd_sampler_needs_noise(s) && !noise)
+        return sd_fail(SD_ERR_INVALID, "sampler %s needs a noise array every step",
+                       kind_names[s->kind]);
+    SD_TRY(sd_sampler_state_alloc(s, n, SD_SAMPLER_MAX_HISTORY));
+    sd_status st;
+    switch (s->kind) {
+    case SD_SAMPLER_DDIM: st = sd_ddim_step(s, i, model_output, sample, n); break;
+    case SD_SAMPLER_EULER: st = sd_euler_step(s, i, model_output, sample, n); break;
+    case SD_SAMPLER_EULER_A: st = sd_euler_a_step(s, i, model_output, sample, noise, n); break;
+    case SD_SAMPLER_DPMPP_2M:
+    case SD_SAMPLER_DPMPP_2M_KARRAS: st = sd_dpmpp_step(s, i, model_output, sample, n); break;
+    case SD_SAMPLER_PNDM: st = sd_pndm_step(s, i, model_output, sample, n); break;
+    case SD_SAMPLER_LMS: st = sd_lms_step(s, i, model_output, sample, n); break;
+    default: st = sd_fail(SD_ERR_INVALID, "sampler kind %d", (int)s->kind); break;
+    }
+    if (st == SD_OK)
+        s->next_step++;
+    return st;
+}
