@@ -43,6 +43,9 @@ sd_weights *sd_weights_from_py(PyObject *obj, const char *op, const char *arg);
 /* Wrap (and take ownership of) w; keepalive is referenced for as long as it lives. */
 PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
 
+/* sdcore._C.UNet (unet.c) */
+int sd_unet_type_init(PyObject *module);
+
 /* method tables of each binding file, joined in module.c */
 extern PyMethodDef sd_ops_methods[];
 extern PyMethodDef sd_device_methods[];

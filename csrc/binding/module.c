@@ -103,6 +103,8 @@ static int module_exec(PyObject *module) {
         goto done;
     if (sd_weights_type_init(module) < 0)
         goto done;
+    if (sd_unet_type_init(module) < 0)
+        goto done;
     rc = 0;
 done:
     Py_XDECREF(bases);
