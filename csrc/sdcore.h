@@ -176,6 +176,9 @@ struct sd_backend {
     sd_status (*timestep_embedding)(const sd_backend *be, const sd_tensor *timesteps, int dim,
                                     int flip_sin_to_cos, float downscale_freq_shift,
                                     sd_tensor *out);
+    /* x (..., M, N) -> out (..., N, M): the last two dims swapped, e.g. an NCHW image
+     * viewed as (B, C, H*W) to the (B, H*W, C) tokens of a transformer, and back */
+    sd_status (*transpose_last2)(const sd_backend *be, const sd_tensor *x, sd_tensor *out);
 };
 
 /* The CPU backend: always available. */

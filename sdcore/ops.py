@@ -24,6 +24,7 @@ from sdcore._C import (
     silu,
     softmax,
     timestep_embedding,
+    transpose_last2,
     upsample_nearest2x,
     widen,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "silu",
     "softmax",
     "timestep_embedding",
+    "transpose_last2",
     "upsample_nearest2x",
     "widen",
 ]

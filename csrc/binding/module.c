@@ -75,6 +75,14 @@ static PyMethodDef *method_tables[] = {
     NULL,
 };
 
+/* every binding file's Python types, one a line */
+static int (*type_inits[])(PyObject *) = {
+    sd_weights_type_init,
+    sd_sampler_type_init,
+    sd_unet_type_init,
+    NULL,
+};
+
 static PyObject *new_exception(PyObject *module, const char *name, PyObject *bases,
                                const char *doc) {
     char qualified[128];
@@ -111,10 +119,9 @@ static int module_exec(PyObject *module) {
                                      "A generation was cancelled.");
     if (!sd_exc_format || !sd_exc_unsupported || !sd_exc_device || !sd_exc_cancelled)
         goto done;
-    if (sd_weights_type_init(module) < 0)
-        goto done;
-    if (sd_sampler_type_init(module) < 0)
-        goto done;
+    for (int (**init)(PyObject *) = type_inits; *init; init++)
+        if ((*init)(module) < 0)
+            goto done;
     rc = 0;
 done:
     Py_XDECREF(bases);

@@ -415,6 +415,25 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
            c.be->timestep_embedding(c.be, call_in(&c, 0), dim, flip, shift, call_out(&c)));
 }
 
+static PyObject *py_transpose_last2(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "device", NULL};
+    PyObject *x;
+    const char *device = "cpu";
+    op_call c;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|s:transpose_last2", kwlist, &x, &device) ||
+        call_begin(&c, "transpose_last2", device) < 0 || call_input(&c, x, "x", 0, 2, 4, 0) < 0)
+        return NULL;
+    int nd = c.host[0].ndim;
+    int64_t shape[SD_MAX_DIMS];
+    memcpy(shape, c.host[0].shape, sizeof shape);
+    shape[nd - 2] = c.host[0].shape[nd - 1];
+    shape[nd - 1] = c.host[0].shape[nd - 2];
+    if (call_output(&c, nd, shape) < 0)
+        return NULL;
+    RUN_OP(c, transpose_last2, c.be->transpose_last2(c.be, call_in(&c, 0), call_out(&c)));
+}
+
 #define KW (PyCFunction)(void (*)(void))
 PyMethodDef sd_ops_methods[] = {
     {"linear", KW py_linear, METH_VARARGS | METH_KEYWORDS,
@@ -445,5 +464,7 @@ PyMethodDef sd_ops_methods[] = {
     {"scale", KW py_scale, METH_VARARGS | METH_KEYWORDS, "scale(x, s) = x * s"},
     {"timestep_embedding", KW py_timestep_embedding, METH_VARARGS | METH_KEYWORDS,
      "timestep_embedding(timesteps (N), dim, flip_sin_to_cos=True, downscale_freq_shift=0)"},
+    {"transpose_last2", KW py_transpose_last2, METH_VARARGS | METH_KEYWORDS,
+     "transpose_last2(x (..., M, N)) -> (..., N, M), e.g. (B, C, H*W) <-> (B, H*W, C)"},
     {NULL, NULL, 0, NULL},
 };

@@ -455,6 +455,24 @@ static sd_status cpu_timestep_embedding(const sd_backend *be, const sd_tensor *t
     return SD_OK;
 }
 
+static sd_status cpu_transpose_last2(const sd_backend *be, const sd_tensor *x, sd_tensor *out) {
+    (void)be;
+    const char *op = "transpose_last2";
+    SD_TRY(need_f32(x, op, "x"));
+    SD_TRY(need_f32(out, op, "out"));
+    if (x->ndim < 2)
+        return sd_fail(SD_ERR_INVALID, "transpose_last2: argument 'x' must have at least 2 dims");
+    int64_t M = x->shape[x->ndim - 2], N = x->shape[x->ndim - 1];
+    sd_tensor expect = *x;
+    expect.shape[x->ndim - 2] = N;
+    expect.shape[x->ndim - 1] = M;
+    SD_TRY(need_same_shape(&expect, out, op, "out"));
+    if (x->data == out->data)
+        return sd_fail(SD_ERR_INVALID, "transpose_last2: 'out' must not be 'x' (not in place)");
+    cpu_transpose_last2_f32(x->data, out->data, sd_numel(x) / (M * N), M, N);
+    return SD_OK;
+}
+
 static const sd_backend cpu_backend = {
     .name = "cpu",
     .device = SD_CPU,
@@ -480,6 +498,7 @@ static const sd_backend cpu_backend = {
     .mul = cpu_mul,
     .scale = cpu_scale,
     .timestep_embedding = cpu_timestep_embedding,
+    .transpose_last2 = cpu_transpose_last2,
 };
 
 const sd_backend *sd_cpu_backend(void) {

@@ -70,6 +70,9 @@ void cpu_binary_f32(const float *a, const float *b, float *out, int64_t n, int64
                     int64_t b_repeat, int is_mul);
 void cpu_scale_f32(const float *x, float s, float *out, int64_t n);
 
+/* x (batch, M, N) -> out (batch, N, M) */
+void cpu_transpose_last2_f32(const float *x, float *out, int64_t batch, int64_t M, int64_t N);
+
 /* t (N) -> out (N, dim) */
 void cpu_timestep_embedding_f32(const float *t, float *out, int64_t N, int dim,
                                 int flip_sin_to_cos, float downscale_freq_shift);

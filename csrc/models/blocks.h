@@ -30,6 +30,7 @@ sd_status sd_resnet_block_load(const sd_weights *w, const char *prefix, int in_c
                                int temb_ch, int groups, float eps, sd_resnet_block *rb);
 
 /* x (B, in_ch, H, W), temb_silu (B, temb_ch) = silu(temb) or NULL -> out (B, out_ch, H, W).
+ * out must not be x (conv2 writes out before the shortcut reads x).
  * Temporaries come from the arena and are released before returning. */
 sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
                                   const sd_resnet_block *rb, const sd_tensor *x,
