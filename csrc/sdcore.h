@@ -179,6 +179,10 @@ struct sd_backend {
     /* x (..., M, N) -> out (..., N, M): the last two dims swapped, e.g. an NCHW image
      * viewed as (B, C, H*W) to the (B, H*W, C) tokens of a transformer, and back */
     sd_status (*transpose_last2)(const sd_backend *be, const sd_tensor *x, sd_tensor *out);
+    /* table (V, C) any weight dtype, ids (n) in host memory -> out (n, C): row ids[i] of
+     * the table; an id outside [0, V) is an error naming it */
+    sd_status (*embedding)(const sd_backend *be, const sd_tensor *table, const int32_t *ids,
+                           int64_t n, sd_tensor *out);
 };
 
 /* The CPU backend: always available. */

@@ -45,6 +45,8 @@ PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
 
 /* sdcore._C.Sampler (sampler.c) */
 int sd_sampler_type_init(PyObject *module);
+/* sdcore._C.ClipTextModel (clip.c) */
+int sd_clip_type_init(PyObject *module);
 /* sdcore._C.UNet (unet.c) */
 int sd_unet_type_init(PyObject *module);
 

@@ -80,6 +80,7 @@ static int (*type_inits[])(PyObject *) = {
     sd_weights_type_init,
     sd_sampler_type_init,
     sd_unet_type_init,
+    sd_clip_type_init,
     NULL,
 };
 

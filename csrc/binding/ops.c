@@ -415,6 +415,36 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
            c.be->timestep_embedding(c.be, call_in(&c, 0), dim, flip, shift, call_out(&c)));
 }
 
+static PyObject *py_embedding(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"table", "ids", "device", NULL};
+    PyObject *table, *ids_obj;
+    const char *device = "cpu";
+    op_call c;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|s:embedding", kwlist, &table, &ids_obj,
+                                     &device) ||
+        call_begin(&c, "embedding", device) < 0 || call_input(&c, table, "table", 1, 2, 2, 0) < 0)
+        return NULL;
+    if (!PyArray_Check(ids_obj) || PyArray_TYPE((PyArrayObject *)ids_obj) != NPY_INT32 ||
+        PyArray_NDIM((PyArrayObject *)ids_obj) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)ids_obj)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "embedding: argument 'ids' must be a contiguous 1-D int32 array");
+        return NULL;
+    }
+    PyArrayObject *ids = (PyArrayObject *)ids_obj;
+    int64_t n = PyArray_DIM(ids, 0);
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "embedding: argument 'ids' is empty");
+        return NULL;
+    }
+    int64_t shape[2] = {n, c.host[0].shape[1]};
+    if (call_output(&c, 2, shape) < 0)
+        return NULL;
+    const int32_t *id = PyArray_DATA(ids);
+    RUN_OP(c, embedding, c.be->embedding(c.be, call_in(&c, 0), id, n, call_out(&c)));
+}
+
 static PyObject *py_transpose_last2(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "device", NULL};
@@ -464,6 +494,8 @@ PyMethodDef sd_ops_methods[] = {
     {"scale", KW py_scale, METH_VARARGS | METH_KEYWORDS, "scale(x, s) = x * s"},
     {"timestep_embedding", KW py_timestep_embedding, METH_VARARGS | METH_KEYWORDS,
      "timestep_embedding(timesteps (N), dim, flip_sin_to_cos=True, downscale_freq_shift=0)"},
+    {"embedding", KW py_embedding, METH_VARARGS | METH_KEYWORDS,
+     "embedding(table (V, C), ids int32 (n)) -> (n, C): rows of the table"},
     {"transpose_last2", KW py_transpose_last2, METH_VARARGS | METH_KEYWORDS,
      "transpose_last2(x (..., M, N)) -> (..., N, M), e.g. (B, C, H*W) <-> (B, H*W, C)"},
     {NULL, NULL, 0, NULL},

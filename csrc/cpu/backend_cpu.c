@@ -473,6 +473,30 @@ static sd_status cpu_transpose_last2(const sd_backend *be, const sd_tensor *x, s
     return SD_OK;
 }
 
+static sd_status cpu_embedding(const sd_backend *be, const sd_tensor *table, const int32_t *ids,
+                               int64_t n, sd_tensor *out) {
+    (void)be;
+    const char *op = "embedding";
+    SD_TRY(need(table, op, "table"));
+    SD_TRY(need_ndim(table, 2, op, "table"));
+    SD_TRY(need_f32(out, op, "out"));
+    int64_t V = table->shape[0], C = table->shape[1];
+    if (!ids || n < 1)
+        return sd_fail(SD_ERR_INVALID, "embedding: no ids");
+    if (sd_numel(out) != n * C || out->shape[out->ndim - 1] != C)
+        return sd_fail(SD_ERR_INVALID, "embedding: argument 'out' must hold (%lld, %lld)",
+                       (long long)n, (long long)C);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return sd_fail(SD_ERR_INVALID, "embedding: id %d at position %lld is outside [0, %lld)",
+                           ids[i], (long long)i, (long long)V);
+    size_t row = (size_t)C * sd_dtype_size(table->dtype);
+    float *o = out->data;
+    for (int64_t i = 0; i < n; i++)
+        sd_widen_to_f32((const char *)table->data + (size_t)ids[i] * row, table->dtype, o + i * C, C);
+    return SD_OK;
+}
+
 static const sd_backend cpu_backend = {
     .name = "cpu",
     .device = SD_CPU,
@@ -499,6 +523,7 @@ static const sd_backend cpu_backend = {
     .scale = cpu_scale,
     .timestep_embedding = cpu_timestep_embedding,
     .transpose_last2 = cpu_transpose_last2,
+    .embedding = cpu_embedding,
 };
 
 const sd_backend *sd_cpu_backend(void) {

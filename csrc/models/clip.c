@@ -1,0 +1,189 @@
+/* The CLIP text encoder (see clip.h). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "arena.h"
+#include "blocks.h"
+#include "clip.h"
+
+typedef struct {
+    const sd_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    const sd_tensor *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+    const sd_tensor *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} clip_layer;
+
+struct sd_clip {
+    sd_clip_config cfg;
+    const sd_backend *be;
+    const sd_tensor *token_embedding, *position_embedding; /* (V, C), (P, C) */
+    const sd_tensor *final_w, *final_b;
+    clip_layer *layers;
+    sd_arena arena;
+    int32_t *position_ids; /* 0..P-1 repeated for a batch, host */
+    int position_ids_len;
+};
+
+static sd_status check_config(const sd_clip_config *c) {
+    if (c->vocab_size < 1 || c->hidden_size < 1 || c->intermediate_size < 1 ||
+        c->num_hidden_layers < 1 || c->num_attention_heads < 1 || c->max_position_embeddings < 1)
+        return sd_fail(SD_ERR_INVALID, "text encoder config: sizes must be positive");
+    if (c->hidden_size % c->num_attention_heads)
+        return sd_fail(SD_ERR_INVALID,
+                       "text encoder config: num_attention_heads (%d) must divide hidden_size (%d)",
+                       c->num_attention_heads, c->hidden_size);
+    if (!(c->layer_norm_eps > 0.0f))
+        return sd_fail(SD_ERR_INVALID, "text encoder config: layer_norm_eps must be positive");
+    return SD_OK;
+}
+
+#define VEC(n) ((const int64_t[]){(n)})
+#define MAT(a, b) ((const int64_t[]){(a), (b)})
+
+static sd_status load_layer(const sd_weights *w, int i, int C, int F, clip_layer *l) {
+    char p[128];
+    snprintf(p, sizeof p, "text_model.encoder.layers.%d", i);
+    SD_TRY(sd_block_param(w, p, "layer_norm1.weight", 1, VEC(C), &l->ln1_w));
+    SD_TRY(sd_block_param(w, p, "layer_norm1.bias", 1, VEC(C), &l->ln1_b));
+    SD_TRY(sd_block_param(w, p, "layer_norm2.weight", 1, VEC(C), &l->ln2_w));
+    SD_TRY(sd_block_param(w, p, "layer_norm2.bias", 1, VEC(C), &l->ln2_b));
+    SD_TRY(sd_block_param(w, p, "self_attn.q_proj.weight", 2, MAT(C, C), &l->q_w));
+    SD_TRY(sd_block_param(w, p, "self_attn.q_proj.bias", 1, VEC(C), &l->q_b));
+    SD_TRY(sd_block_param(w, p, "self_attn.k_proj.weight", 2, MAT(C, C), &l->k_w));
+    SD_TRY(sd_block_param(w, p, "self_attn.k_proj.bias", 1, VEC(C), &l->k_b));
+    SD_TRY(sd_block_param(w, p, "self_attn.v_proj.weight", 2, MAT(C, C), &l->v_w));
+    SD_TRY(sd_block_param(w, p, "self_attn.v_proj.bias", 1, VEC(C), &l->v_b));
+    SD_TRY(sd_block_param(w, p, "self_attn.out_proj.weight", 2, MAT(C, C), &l->o_w));
+    SD_TRY(sd_block_param(w, p, "self_attn.out_proj.bias", 1, VEC(C), &l->o_b));
+    SD_TRY(sd_block_param(w, p, "mlp.fc1.weight", 2, MAT(F, C), &l->fc1_w));
+    SD_TRY(sd_block_param(w, p, "mlp.fc1.bias", 1, VEC(F), &l->fc1_b));
+    SD_TRY(sd_block_param(w, p, "mlp.fc2.weight", 2, MAT(C, F), &l->fc2_w));
+    SD_TRY(sd_block_param(w, p, "mlp.fc2.bias", 1, VEC(C), &l->fc2_b));
+    return SD_OK;
+}
+
+sd_status sd_clip_create(const sd_clip_config *config, const sd_weights *weights,
+                         const sd_backend *be, sd_clip **out) {
+    *out = NULL;
+    SD_TRY(check_config(config));
+    if (!be->embedding)
+        return sd_fail(SD_ERR_UNSUPPORTED, "the %s backend has no embedding op", be->name);
+    sd_clip *m = calloc(1, sizeof *m);
+    if (!m)
+        return sd_fail(SD_ERR_NOMEM, "cannot allocate the text encoder");
+    m->cfg = *config;
+    m->be = be;
+    sd_arena_init(&m->arena, be);
+    int C = config->hidden_size;
+    sd_status s;
+    m->layers = calloc((size_t)config->num_hidden_layers, sizeof(clip_layer));
+    if (!m->layers) {
+        s = sd_fail(SD_ERR_NOMEM, "cannot allocate the text encoder");
+        goto fail;
+    }
+    if ((s = sd_block_param(weights, "text_model.embeddings", "token_embedding.weight", 2,
+                            MAT(config->vocab_size, C), &m->token_embedding)) ||
+        (s = sd_block_param(weights, "text_model.embeddings", "position_embedding.weight", 2,
+                            MAT(config->max_position_embeddings, C), &m->position_embedding)) ||
+        (s = sd_block_param(weights, "text_model", "final_layer_norm.weight", 1, VEC(C),
+                            &m->final_w)) ||
+        (s = sd_block_param(weights, "text_model", "final_layer_norm.bias", 1, VEC(C),
+                            &m->final_b)))
+        goto fail;
+    for (int i = 0; i < config->num_hidden_layers; i++)
+        if ((s = load_layer(weights, i, C, config->intermediate_size, &m->layers[i])))
+            goto fail;
+    *out = m;
+    return SD_OK;
+fail:
+    sd_clip_free(m);
+    return s;
+}
+
+void sd_clip_free(sd_clip *m) {
+    if (!m)
+        return;
+    sd_arena_free(&m->arena);
+    free(m->layers);
+    free(m->position_ids);
+    free(m);
+}
+
+/* h (B, T, C) += out_proj(attention(ln1(h))) with a causal mask */
+static sd_status attention_block(sd_clip *m, const clip_layer *l, sd_tensor *h, int B, int T) {
+    const sd_backend *be = m->be;
+    sd_arena *a = &m->arena;
+    int C = m->cfg.hidden_size;
+    int mark = sd_arena_mark(a);
+    sd_tensor x, q, k, v, o;
+    sd_status s;
+    if ((s = sd_arena_f32(a, &x, 3, B, T, C, 1)) || (s = sd_arena_f32(a, &q, 3, B, T, C, 1)) ||
+        (s = sd_arena_f32(a, &k, 3, B, T, C, 1)) || (s = sd_arena_f32(a, &v, 3, B, T, C, 1)) ||
+        (s = sd_arena_f32(a, &o, 3, B, T, C, 1)) ||
+        (s = be->layer_norm(be, h, l->ln1_w, l->ln1_b, m->cfg.layer_norm_eps, &x)) ||
+        (s = be->linear(be, &x, l->q_w, l->q_b, &q)) ||
+        (s = be->linear(be, &x, l->k_w, l->k_b, &k)) ||
+        (s = be->linear(be, &x, l->v_w, l->v_b, &v)) ||
+        (s = be->attention(be, &q, &k, &v, m->cfg.num_attention_heads, 1, &o)) ||
+        (s = be->linear(be, &o, l->o_w, l->o_b, &x)) || (s = be->add(be, h, &x, h)))
+        goto done;
+done:
+    sd_arena_release(a, mark);
+    return s;
+}
+
+/* h (B, T, C) += fc2(act(fc1(ln2(h)))) */
+static sd_status mlp_block(sd_clip *m, const clip_layer *l, sd_tensor *h, int B, int T) {
+    const sd_backend *be = m->be;
+    sd_arena *a = &m->arena;
+    int C = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+    int mark = sd_arena_mark(a);
+    sd_tensor x, f, y;
+    sd_status s;
+    if ((s = sd_arena_f32(a, &x, 3, B, T, C, 1)) || (s = sd_arena_f32(a, &f, 3, B, T, F, 1)) ||
+        (s = sd_arena_f32(a, &y, 3, B, T, C, 1)) ||
+        (s = be->layer_norm(be, h, l->ln2_w, l->ln2_b, m->cfg.layer_norm_eps, &x)) ||
+        (s = be->linear(be, &x, l->fc1_w, l->fc1_b, &f)) ||
+        (s = m->cfg.quick_gelu ? be->quick_gelu(be, &f, &f) : be->gelu(be, &f, 0, &f)) ||
+        (s = be->linear(be, &f, l->fc2_w, l->fc2_b, &y)) || (s = be->add(be, h, &y, h)))
+        goto done;
+done:
+    sd_arena_release(a, mark);
+    return s;
+}
+
+sd_status sd_clip_forward(sd_clip *m, const int32_t *ids, int B, int T, int clip_skip,
+                          sd_tensor *out) {
+    const sd_backend *be = m->be;
+    int C = m->cfg.hidden_size, L = m->cfg.num_hidden_layers;
+    if (B < 1 || T < 1 || T > m->cfg.max_position_embeddings)
+        return sd_fail(SD_ERR_INVALID, "text encoder: %d tokens, the model takes 1 to %d", T,
+                       m->cfg.max_position_embeddings);
+    if (clip_skip < 1 || clip_skip > L)
+        return sd_fail(SD_ERR_INVALID, "clip_skip must be between 1 and %d, got %d", L,
+                       clip_skip);
+    if (out->ndim != 3 || out->shape[0] != B || out->shape[1] != T || out->shape[2] != C)
+        return sd_fail(SD_ERR_INVALID, "text encoder: 'out' must be (%d, %d, %d)", B, T, C);
+    sd_arena_reset(&m->arena);
+    sd_tensor h, pos;
+    /* h (B, T, C) = token_embedding[ids] + position_embedding[0:T] */
+    SD_TRY(sd_arena_f32(&m->arena, &h, 3, B, T, C, 1));
+    SD_TRY(sd_arena_f32(&m->arena, &pos, 2, T, C, 1, 1));
+    SD_TRY(be->embedding(be, m->token_embedding, ids, (int64_t)B * T, &h));
+    if (m->position_ids_len < T) {
+        int32_t *p = realloc(m->position_ids, sizeof(int32_t) * (size_t)T);
+        if (!p)
+            return sd_fail(SD_ERR_NOMEM, "text encoder: cannot allocate position ids");
+        for (int i = 0; i < T; i++)
+            p[i] = i;
+        m->position_ids = p;
+        m->position_ids_len = T;
+    }
+    SD_TRY(be->embedding(be, m->position_embedding, m->position_ids, T, &pos));
+    SD_TRY(be->add(be, &h, &pos, &h)); /* pos broadcasts over the batch */
+    /* clip_skip 2 stops one layer early: hidden_states[-2] in transformers' terms */
+    for (int i = 0; i < L - (clip_skip - 1); i++) {
+        SD_TRY(attention_block(m, &m->layers[i], &h, B, T));
+        SD_TRY(mlp_block(m, &m->layers[i], &h, B, T));
+    }
+    return be->layer_norm(be, &h, m->final_w, m->final_b, m->cfg.layer_norm_eps, out);
+}

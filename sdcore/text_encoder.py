@@ -1,0 +1,73 @@
+"""The CLIP text encoder, built from a transformers CLIPTextConfig dict and a Weights set."""
+
+import numpy as np
+
+from sdcore import _C
+
+# CLIPTextConfig's defaults (transformers), for keys a config.json leaves out.
+DEFAULTS = {
+    "vocab_size": 49408,
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+    "layer_norm_eps": 1e-5,
+    "hidden_act": "quick_gelu",
+}
+ACTIVATIONS = {"quick_gelu": True, "gelu": False}
+
+
+def _int_field(config, key):
+    value = config.get(key, DEFAULTS[key])
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"text encoder config: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+class TextEncoder:
+    """CLIPTextModel in sdcore: ``encode(ids)`` gives the (B, T, hidden) last hidden state
+    after the final layer norm, as Stable Diffusion conditions on it."""
+
+    def __init__(self, config, weights, device="cpu"):
+        if not isinstance(config, dict):
+            raise TypeError("text encoder config must be a dict")
+        ints = {
+            key: _int_field(config, key)
+            for key in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "max_position_embeddings",
+            )
+        }
+        eps = config.get("layer_norm_eps", DEFAULTS["layer_norm_eps"])
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"text encoder config: 'layer_norm_eps' must be positive, got {eps!r}")
+        act = config.get("hidden_act", DEFAULTS["hidden_act"])
+        if act not in ACTIVATIONS:
+            raise ValueError(
+                f"text encoder config: 'hidden_act' must be one of {sorted(ACTIVATIONS)}, "
+                f"got {act!r}"
+            )
+        if ints["hidden_size"] % ints["num_attention_heads"]:
+            raise ValueError("text encoder config: 'num_attention_heads' must divide 'hidden_size'")
+        self.config = dict(config)
+        self.hidden_size = ints["hidden_size"]
+        self.max_length = ints["max_position_embeddings"]
+        self.num_layers = ints["num_hidden_layers"]
+        self.device = device
+        self._model = _C.ClipTextModel(
+            weights, **ints, layer_norm_eps=float(eps), quick_gelu=ACTIVATIONS[act], device=device
+        )
+
+    def encode(self, ids, clip_skip=1):
+        """ids (B, T) integers -> float32 (B, T, hidden_size)."""
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got {ids.dtype}")
+        return self._model.encode(np.ascontiguousarray(ids, dtype=np.int32), clip_skip=clip_skip)
