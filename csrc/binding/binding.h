@@ -47,7 +47,15 @@ PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
 int sd_sampler_type_init(PyObject *module);
 /* sdcore._C.ClipTextModel (clip.c) */
 int sd_clip_type_init(PyObject *module);
+/* A scheduler config dict -> cfg (sampler.c); betas_out holds trained_betas, if any,
+ * for as long as cfg is used. -1 with ValueError naming the key. */
+#include "sampling/sampler.h"
+int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out);
+
 /* sdcore._C.UNet (unet.c) */
+struct sd_unet;
+/* The model inside a UNet object, its forward lock and backend; NULL with a TypeError. */
+struct sd_unet *sd_unet_from_py(PyObject *obj, PyThread_type_lock *lock, const sd_backend **be);
 int sd_unet_type_init(PyObject *module);
 
 /* method tables of each binding file, joined in module.c */

@@ -137,7 +137,7 @@ static int check_required_default(const required_default *r, PyObject *v) {
 
 /* Fill cfg from a dict; betas_out receives a float32 array holding trained_betas when
  * the dict has them (the caller releases it once the sampler is created). */
-static int config_from_dict(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out) {
+int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out) {
     static const char *const schedules[] = {"scaled_linear", "linear", NULL};
     static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
     static const char *const spacings[] = {"leading", "linspace", "trailing", NULL};
@@ -255,7 +255,7 @@ static PyObject *sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
         return NULL;
     }
     sd_sampler_config cfg;
-    if (config_from_dict(config, &cfg, &betas) < 0)
+    if (sd_sampler_config_from_py(config, &cfg, &betas) < 0)
         return NULL;
     sd_sampler *s = NULL;
     sd_status st = sd_sampler_create(kind, &cfg, num_steps, &s);

@@ -21,6 +21,19 @@ typedef struct {
     PyThread_type_lock lock; /* one forward at a time: the activations are the model's */
 } UNetObject;
 
+static PyObject *unet_type;
+
+sd_unet *sd_unet_from_py(PyObject *obj, PyThread_type_lock *lock, const sd_backend **be) {
+    if (!unet_type || !PyObject_TypeCheck(obj, (PyTypeObject *)unet_type)) {
+        PyErr_Format(PyExc_TypeError, "expected sdcore._C.UNet, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    UNetObject *u = (UNetObject *)obj;
+    *lock = u->lock;
+    *be = u->be;
+    return u->model;
+}
+
 /* ------------------------------------------------------------- config ---- */
 
 static int config_error(const char *field, const char *what) {
@@ -553,6 +566,7 @@ int sd_unet_type_init(PyObject *module) {
     PyObject *type = PyType_FromModuleAndSpec(module, &unet_spec, NULL);
     if (!type)
         return -1;
+    unet_type = type; /* the module keeps it alive */
     int rc = PyModule_AddObjectRef(module, "UNet", type);
     Py_DECREF(type);
     return rc;
