@@ -1,7 +1,9 @@
-"""The `sdcore` command."""
+"""The `sdcore` command: generate images, report the build, and (with the service
+installed) serve and call the gRPC API."""
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -21,11 +23,95 @@ def cmd_info(args):
     return 0
 
 
-def main(argv=None):
+def cmd_generate(args):
+    from tqdm import tqdm
+
+    import sdcore
+    from sdcore.pipeline import Pipeline
+    from sdcore.samplers import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        print(f"sdcore: --sampler must be one of {', '.join(SAMPLERS)}", file=sys.stderr)
+        return 2
+    try:
+        pipe = Pipeline.from_pretrained(args.model, device=args.device)
+        pipe.validate(
+            prompt=args.prompt,
+            negative_prompt=args.negative,
+            num_inference_steps=args.steps,
+            guidance_scale=args.cfg,
+            width=args.width,
+            height=args.height,
+            seed=args.seed,
+            sampler=args.sampler,
+            num_images=args.num_images,
+        )
+    except (OSError, ValueError, sdcore.SdcoreError) as e:
+        print(f"sdcore: {e}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=None, unit="step", desc="generating", file=sys.stderr)
+
+    def progress(step, total, latents):
+        bar.total = total
+        bar.update(step - bar.n)
+
+    try:
+        images = pipe(
+            args.prompt,
+            negative_prompt=args.negative,
+            num_inference_steps=args.steps,
+            guidance_scale=args.cfg,
+            width=args.width,
+            height=args.height,
+            seed=args.seed,
+            sampler=args.sampler,
+            num_images=args.num_images,
+            callback=progress,
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        print("sdcore: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    base, ext = os.path.splitext(args.output)
+    for i, img in enumerate(images):
+        path = args.output if len(images) == 1 else f"{base}-{i}{ext or '.png'}"
+        img.save(path)
+        print(f"{path}  seed {img.seed}")
+    return 0
+
+
+def build_parser():
     parser = argparse.ArgumentParser(prog="sdcore", description="Stable Diffusion in C and CUDA")
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("info", help="how sdcore was built and which devices it can use")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="one prompt to PNG files")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", default="out.png", help="PNG path (-N added per image)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="diffusers folder or .safetensors file (default: the model shipped with sdcore)",
+    )
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=-1, help="-1: random")
+    p.add_argument("--sampler", default="euler_a")
+    p.add_argument("--width", type=int, default=None, help="default: the model's size")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     return args.func(args)
 
