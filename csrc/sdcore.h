@@ -183,6 +183,10 @@ struct sd_backend {
      * the table; an id outside [0, V) is an error naming it */
     sd_status (*embedding)(const sd_backend *be, const sd_tensor *table, const int32_t *ids,
                            int64_t n, sd_tensor *out);
+    /* x (B, C, H, W) -> out (B, C, H + bottom, W + right): zeros added below and to the
+     * right (the VAE encoder's downsampler pads only those sides) */
+    sd_status (*pad_bottom_right)(const sd_backend *be, const sd_tensor *x, int bottom, int right,
+                                  sd_tensor *out);
 };
 
 /* The CPU backend: always available. */

@@ -3,6 +3,7 @@ values)."""
 
 import numpy as np
 import pytest
+import torch
 
 from sdcore import ops
 
@@ -42,3 +43,14 @@ def test_transpose_last2_bad_input():
         ops.transpose_last2(np.zeros((2, 3), np.float64))
     with pytest.raises(ValueError, match="C-contiguous"):
         ops.transpose_last2(np.zeros((4, 6), np.float32)[:, ::2])
+
+
+def test_pad_bottom_right(rng):
+    import torch.nn.functional as F
+
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    ref = F.pad(torch.from_numpy(x), (0, 1, 0, 1)).numpy()
+    assert np.array_equal(ops.pad_bottom_right(x, 1, 1), ref)
+    assert np.array_equal(ops.pad_bottom_right(x, 2, 0), np.pad(x, ((0, 0), (0, 0), (0, 2), (0, 0))))
+    with pytest.raises(ValueError, match="padding"):
+        ops.pad_bottom_right(x, -1, 0)

@@ -45,6 +45,10 @@ PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
 
 /* sdcore._C.Sampler (sampler.c) */
 int sd_sampler_type_init(PyObject *module);
+/* sdcore._C.VAE (vae.c) */
+int sd_vae_type_init(PyObject *module);
+struct sd_vae;
+struct sd_vae *sd_vae_from_py(PyObject *obj, PyThread_type_lock *lock, const sd_backend **be);
 /* sdcore._C.ClipTextModel (clip.c) */
 int sd_clip_type_init(PyObject *module);
 /* A scheduler config dict -> cfg (sampler.c); betas_out holds trained_betas, if any,

@@ -81,6 +81,7 @@ static int (*type_inits[])(PyObject *) = {
     sd_sampler_type_init,
     sd_unet_type_init,
     sd_clip_type_init,
+    sd_vae_type_init,
     NULL,
 };
 

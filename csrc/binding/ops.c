@@ -445,6 +445,31 @@ static PyObject *py_embedding(PyObject *self, PyObject *args, PyObject *kw) {
     RUN_OP(c, embedding, c.be->embedding(c.be, call_in(&c, 0), id, n, call_out(&c)));
 }
 
+static PyObject *py_pad_bottom_right(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "bottom", "right", "device", NULL};
+    PyObject *x;
+    int bottom, right;
+    const char *device = "cpu";
+    op_call c;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oii|s:pad_bottom_right", kwlist, &x, &bottom,
+                                     &right, &device) ||
+        call_begin(&c, "pad_bottom_right", device) < 0 || call_input(&c, x, "x", 0, 4, 4, 0) < 0)
+        return NULL;
+    if (bottom < 0 || right < 0 || bottom > 65536 || right > 65536) {
+        PyErr_SetString(PyExc_ValueError, "pad_bottom_right: padding must be in 0..65536");
+        return NULL;
+    }
+    int64_t shape[4];
+    memcpy(shape, c.host[0].shape, sizeof shape);
+    shape[2] += bottom;
+    shape[3] += right;
+    if (call_output(&c, 4, shape) < 0)
+        return NULL;
+    RUN_OP(c, pad_bottom_right,
+           c.be->pad_bottom_right(c.be, call_in(&c, 0), bottom, right, call_out(&c)));
+}
+
 static PyObject *py_transpose_last2(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "device", NULL};
@@ -496,6 +521,8 @@ PyMethodDef sd_ops_methods[] = {
      "timestep_embedding(timesteps (N), dim, flip_sin_to_cos=True, downscale_freq_shift=0)"},
     {"embedding", KW py_embedding, METH_VARARGS | METH_KEYWORDS,
      "embedding(table (V, C), ids int32 (n)) -> (n, C): rows of the table"},
+    {"pad_bottom_right", KW py_pad_bottom_right, METH_VARARGS | METH_KEYWORDS,
+     "pad_bottom_right(x (B, C, H, W), bottom, right) -> (B, C, H + bottom, W + right)"},
     {"transpose_last2", KW py_transpose_last2, METH_VARARGS | METH_KEYWORDS,
      "transpose_last2(x (..., M, N)) -> (..., N, M), e.g. (B, C, H*W) <-> (B, H*W, C)"},
     {NULL, NULL, 0, NULL},

@@ -497,6 +497,38 @@ static sd_status cpu_embedding(const sd_backend *be, const sd_tensor *table, con
     return SD_OK;
 }
 
+static sd_status cpu_pad_bottom_right(const sd_backend *be, const sd_tensor *x, int bottom,
+                                      int right, sd_tensor *out) {
+    (void)be;
+    const char *op = "pad_bottom_right";
+    SD_TRY(need_f32(x, op, "x"));
+    SD_TRY(need_ndim(x, 4, op, "x"));
+    SD_TRY(need_f32(out, op, "out"));
+    if (bottom < 0 || right < 0)
+        return sd_fail(SD_ERR_INVALID, "pad_bottom_right: padding must be >= 0");
+    sd_tensor expect = *x;
+    expect.shape[2] += bottom;
+    expect.shape[3] += right;
+    SD_TRY(need_same_shape(&expect, out, op, "out"));
+    int64_t planes = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t OH = H + bottom, OW = W + right;
+    const float *src = x->data;
+    float *dst = out->data;
+#pragma omp parallel for schedule(static) if (planes * OH * OW > 65536)
+    for (int64_t p = 0; p < planes; p++) {
+        for (int64_t h = 0; h < OH; h++) {
+            float *d = dst + (p * OH + h) * OW;
+            if (h >= H) {
+                memset(d, 0, sizeof(float) * (size_t)OW);
+                continue;
+            }
+            memcpy(d, src + (p * H + h) * W, sizeof(float) * (size_t)W);
+            memset(d + W, 0, sizeof(float) * (size_t)right);
+        }
+    }
+    return SD_OK;
+}
+
 static const sd_backend cpu_backend = {
     .name = "cpu",
     .device = SD_CPU,
@@ -524,6 +556,7 @@ static const sd_backend cpu_backend = {
     .timestep_embedding = cpu_timestep_embedding,
     .transpose_last2 = cpu_transpose_last2,
     .embedding = cpu_embedding,
+    .pad_bottom_right = cpu_pad_bottom_right,
 };
 
 const sd_backend *sd_cpu_backend(void) {

@@ -1,0 +1,501 @@
+/* The KL autoencoder (see vae.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "blocks.h"
+#include "vae.h"
+
+#define VAE_EPS 1e-6f /* every norm of diffusers' VAE uses this */
+#define MAX_LAYERS 8
+
+#define CHECK(expr)                \
+    do {                           \
+        if ((s = (expr)) != SD_OK) \
+            goto done;             \
+    } while (0)
+#define VEC(n) ((const int64_t[]){(n)})
+#define CONV(o, i, k) ((const int64_t[]){(o), (i), (k), (k)})
+
+/* The mid block's single-head self-attention over the pixels. Projections are kept as
+ * 2-D views whether the checkpoint stores (C, C) or (C, C, 1, 1): same memory. */
+typedef struct {
+    const sd_tensor *norm_w, *norm_b, *q_b, *k_b, *v_b, *o_b;
+    sd_tensor q_w, k_w, v_w, o_w;
+} vae_attention;
+
+typedef struct {
+    sd_resnet_block res0, res1;
+    vae_attention attn;
+    int has_attn;
+} vae_mid;
+
+typedef struct {
+    sd_resnet_block res[MAX_LAYERS];
+    int n_res;
+    const sd_tensor *resample_w, *resample_b; /* up- or downsampler conv, or NULL */
+} vae_block;
+
+typedef struct {
+    const sd_tensor *conv_in_w, *conv_in_b, *norm_w, *norm_b, *conv_out_w, *conv_out_b;
+    vae_block blocks[SD_VAE_MAX_BLOCKS];
+    vae_mid mid;
+} vae_coder;
+
+struct sd_vae {
+    sd_vae_config cfg;
+    const sd_backend *be;
+    vae_coder dec, enc;
+    int has_encoder;
+    const sd_tensor *post_quant_w, *post_quant_b, *quant_w, *quant_b;
+    sd_arena arena;
+};
+
+/* ------------------------------------------------------------- loading ---- */
+
+static sd_status linear_or_conv1x1(const sd_weights *w, const char *prefix, const char *name,
+                                   int C, sd_tensor *out) {
+    char full[256];
+    snprintf(full, sizeof full, "%s.%s", prefix, name);
+    const sd_tensor *t = sd_weights_find(w, full);
+    if (!t)
+        return sd_fail(SD_ERR_FORMAT, "tensor '%s' is missing from the checkpoint", full);
+    int ok = (t->ndim == 2 || (t->ndim == 4 && t->shape[2] == 1 && t->shape[3] == 1)) &&
+             t->shape[0] == C && t->shape[1] == C;
+    if (!ok) {
+        char got[96];
+        return sd_fail(SD_ERR_FORMAT, "tensor '%s' has shape %s, expected (%d, %d)", full,
+                       sd_shape_str(t, got, sizeof got), C, C);
+    }
+    *out = sd_tensor_view(t->data, t->dtype, t->device, 2, (const int64_t[]){C, C});
+    return SD_OK;
+}
+
+static sd_status load_attention(const sd_weights *w, const char *prefix, int C, int groups,
+                                vae_attention *a) {
+    (void)groups;
+    SD_TRY(sd_block_param(w, prefix, "group_norm.weight", 1, VEC(C), &a->norm_w));
+    SD_TRY(sd_block_param(w, prefix, "group_norm.bias", 1, VEC(C), &a->norm_b));
+    SD_TRY(linear_or_conv1x1(w, prefix, "to_q.weight", C, &a->q_w));
+    SD_TRY(linear_or_conv1x1(w, prefix, "to_k.weight", C, &a->k_w));
+    SD_TRY(linear_or_conv1x1(w, prefix, "to_v.weight", C, &a->v_w));
+    SD_TRY(linear_or_conv1x1(w, prefix, "to_out.0.weight", C, &a->o_w));
+    SD_TRY(sd_block_param(w, prefix, "to_q.bias", 1, VEC(C), &a->q_b));
+    SD_TRY(sd_block_param(w, prefix, "to_k.bias", 1, VEC(C), &a->k_b));
+    SD_TRY(sd_block_param(w, prefix, "to_v.bias", 1, VEC(C), &a->v_b));
+    SD_TRY(sd_block_param(w, prefix, "to_out.0.bias", 1, VEC(C), &a->o_b));
+    return SD_OK;
+}
+
+static sd_status load_mid(const sd_weights *w, const char *coder, int C, const sd_vae_config *c,
+                          vae_mid *m) {
+    char p[128];
+    snprintf(p, sizeof p, "%s.mid_block.resnets.0", coder);
+    SD_TRY(sd_resnet_block_load(w, p, C, C, 0, c->norm_num_groups, VAE_EPS, &m->res0));
+    snprintf(p, sizeof p, "%s.mid_block.resnets.1", coder);
+    SD_TRY(sd_resnet_block_load(w, p, C, C, 0, c->norm_num_groups, VAE_EPS, &m->res1));
+    m->has_attn = c->mid_attention;
+    if (m->has_attn) {
+        snprintf(p, sizeof p, "%s.mid_block.attentions.0", coder);
+        SD_TRY(load_attention(w, p, C, c->norm_num_groups, &m->attn));
+    }
+    return SD_OK;
+}
+
+static sd_status load_decoder(const sd_weights *w, const sd_vae_config *c, vae_coder *d) {
+    int n = c->num_blocks, top = c->block_out_channels[n - 1], L = c->latent_channels;
+    SD_TRY(sd_block_param(w, "decoder", "conv_in.weight", 4, CONV(top, L, 3), &d->conv_in_w));
+    SD_TRY(sd_block_param(w, "decoder", "conv_in.bias", 1, VEC(top), &d->conv_in_b));
+    SD_TRY(load_mid(w, "decoder", top, c, &d->mid));
+    int prev = top;
+    for (int i = 0; i < n; i++) {
+        int out_c = c->block_out_channels[n - 1 - i];
+        vae_block *b = &d->blocks[i];
+        b->n_res = c->layers_per_block + 1;
+        for (int j = 0; j < b->n_res; j++) {
+            char p[128];
+            snprintf(p, sizeof p, "decoder.up_blocks.%d.resnets.%d", i, j);
+            SD_TRY(sd_resnet_block_load(w, p, j == 0 ? prev : out_c, out_c, 0, c->norm_num_groups,
+                                        VAE_EPS, &b->res[j]));
+        }
+        if (i < n - 1) {
+            char p[128];
+            snprintf(p, sizeof p, "decoder.up_blocks.%d.upsamplers.0", i);
+            SD_TRY(sd_block_param(w, p, "conv.weight", 4, CONV(out_c, out_c, 3), &b->resample_w));
+            SD_TRY(sd_block_param(w, p, "conv.bias", 1, VEC(out_c), &b->resample_b));
+        }
+        prev = out_c;
+    }
+    int bottom = c->block_out_channels[0];
+    SD_TRY(sd_block_param(w, "decoder", "conv_norm_out.weight", 1, VEC(bottom), &d->norm_w));
+    SD_TRY(sd_block_param(w, "decoder", "conv_norm_out.bias", 1, VEC(bottom), &d->norm_b));
+    SD_TRY(sd_block_param(w, "decoder", "conv_out.weight", 4, CONV(c->out_channels, bottom, 3),
+                          &d->conv_out_w));
+    SD_TRY(sd_block_param(w, "decoder", "conv_out.bias", 1, VEC(c->out_channels), &d->conv_out_b));
+    return SD_OK;
+}
+
+static sd_status load_encoder(const sd_weights *w, const sd_vae_config *c, vae_coder *e) {
+    int n = c->num_blocks, bottom = c->block_out_channels[0];
+    SD_TRY(sd_block_param(w, "encoder", "conv_in.weight", 4, CONV(bottom, c->in_channels, 3),
+                          &e->conv_in_w));
+    SD_TRY(sd_block_param(w, "encoder", "conv_in.bias", 1, VEC(bottom), &e->conv_in_b));
+    int prev = bottom;
+    for (int i = 0; i < n; i++) {
+        int out_c = c->block_out_channels[i];
+        vae_block *b = &e->blocks[i];
+        b->n_res = c->layers_per_block;
+        for (int j = 0; j < b->n_res; j++) {
+            char p[128];
+            snprintf(p, sizeof p, "encoder.down_blocks.%d.resnets.%d", i, j);
+            SD_TRY(sd_resnet_block_load(w, p, j == 0 ? prev : out_c, out_c, 0, c->norm_num_groups,
+                                        VAE_EPS, &b->res[j]));
+        }
+        if (i < n - 1) {
+            char p[128];
+            snprintf(p, sizeof p, "encoder.down_blocks.%d.downsamplers.0", i);
+            SD_TRY(sd_block_param(w, p, "conv.weight", 4, CONV(out_c, out_c, 3), &b->resample_w));
+            SD_TRY(sd_block_param(w, p, "conv.bias", 1, VEC(out_c), &b->resample_b));
+        }
+        prev = out_c;
+    }
+    int top = c->block_out_channels[n - 1], L2 = 2 * c->latent_channels;
+    SD_TRY(load_mid(w, "encoder", top, c, &e->mid));
+    SD_TRY(sd_block_param(w, "encoder", "conv_norm_out.weight", 1, VEC(top), &e->norm_w));
+    SD_TRY(sd_block_param(w, "encoder", "conv_norm_out.bias", 1, VEC(top), &e->norm_b));
+    SD_TRY(sd_block_param(w, "encoder", "conv_out.weight", 4, CONV(L2, top, 3), &e->conv_out_w));
+    SD_TRY(sd_block_param(w, "encoder", "conv_out.bias", 1, VEC(L2), &e->conv_out_b));
+    return SD_OK;
+}
+
+static sd_status check_config(const sd_vae_config *c) {
+    if (c->num_blocks < 1 || c->num_blocks > SD_VAE_MAX_BLOCKS)
+        return sd_fail(SD_ERR_INVALID, "VAE config: block_out_channels must have 1 to %d entries",
+                       SD_VAE_MAX_BLOCKS);
+    if (c->layers_per_block < 1 || c->layers_per_block + 1 > MAX_LAYERS)
+        return sd_fail(SD_ERR_INVALID, "VAE config: layers_per_block must be 1 to %d",
+                       MAX_LAYERS - 1);
+    if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1 ||
+        c->norm_num_groups < 1)
+        return sd_fail(SD_ERR_INVALID, "VAE config: channel counts must be positive");
+    for (int i = 0; i < c->num_blocks; i++)
+        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups)
+            return sd_fail(SD_ERR_INVALID,
+                           "VAE config: block_out_channels[%d] (%d) must be a positive multiple "
+                           "of norm_num_groups (%d)",
+                           i, c->block_out_channels[i], c->norm_num_groups);
+    return SD_OK;
+}
+
+sd_status sd_vae_create(const sd_vae_config *config, const sd_weights *weights, int with_encoder,
+                        const sd_backend *be, sd_vae **out) {
+    *out = NULL;
+    SD_TRY(check_config(config));
+    if (!be->transpose_last2 || !be->pad_bottom_right)
+        return sd_fail(SD_ERR_UNSUPPORTED, "the %s backend lacks ops the VAE needs", be->name);
+    sd_vae *v = calloc(1, sizeof *v);
+    if (!v)
+        return sd_fail(SD_ERR_NOMEM, "cannot allocate the VAE");
+    v->cfg = *config;
+    v->be = be;
+    sd_arena_init(&v->arena, be);
+    int L = config->latent_channels;
+    sd_status s;
+    CHECK(sd_block_param(weights, "", "post_quant_conv.weight", 4, CONV(L, L, 1), &v->post_quant_w));
+    CHECK(sd_block_param(weights, "", "post_quant_conv.bias", 1, VEC(L), &v->post_quant_b));
+    CHECK(load_decoder(weights, config, &v->dec));
+    if (with_encoder) {
+        CHECK(sd_block_param(weights, "", "quant_conv.weight", 4, CONV(2 * L, 2 * L, 1),
+                             &v->quant_w));
+        CHECK(sd_block_param(weights, "", "quant_conv.bias", 1, VEC(2 * L), &v->quant_b));
+        CHECK(load_encoder(weights, config, &v->enc));
+        v->has_encoder = 1;
+    }
+    *out = v;
+    return SD_OK;
+done:
+    sd_vae_free(v);
+    return s;
+}
+
+void sd_vae_free(sd_vae *v) {
+    if (!v)
+        return;
+    sd_arena_free(&v->arena);
+    free(v);
+}
+
+int sd_vae_has_encoder(const sd_vae *v) { return v->has_encoder; }
+
+/* ------------------------------------------------------------- forward ---- */
+
+static sd_tensor view4(const sd_tensor *buf, int64_t c, int64_t h, int64_t w) {
+    return sd_tensor_view(buf->data, SD_F32, buf->device, 4, (const int64_t[]){1, c, h, w});
+}
+
+/* x (1, C, H, W) -> out (1, C, H, W) = x + to_out(attention(q, k, v of group_norm(x))) */
+static sd_status attention_forward(sd_vae *v, const vae_attention *a, const sd_tensor *x,
+                                   sd_tensor *out) {
+    const sd_backend *be = v->be;
+    sd_arena *ar = &v->arena;
+    int64_t C = x->shape[1], S = x->shape[2] * x->shape[3];
+    int mark = sd_arena_mark(ar);
+    sd_tensor n, tok, q, k, val, o;
+    sd_status s;
+    CHECK(sd_arena_f32(ar, &n, 4, 1, C, x->shape[2], x->shape[3]));
+    CHECK(sd_arena_f32(ar, &tok, 3, 1, S, C, 1));
+    CHECK(sd_arena_f32(ar, &q, 3, 1, S, C, 1));
+    CHECK(sd_arena_f32(ar, &k, 3, 1, S, C, 1));
+    CHECK(sd_arena_f32(ar, &val, 3, 1, S, C, 1));
+    CHECK(sd_arena_f32(ar, &o, 3, 1, S, C, 1));
+    sd_tensor n_cs = sd_tensor_view(n.data, SD_F32, n.device, 3, (const int64_t[]){1, C, S});
+    CHECK(be->group_norm(be, x, a->norm_w, a->norm_b, v->cfg.norm_num_groups, VAE_EPS, 0, &n));
+    CHECK(be->transpose_last2(be, &n_cs, &tok));        // (1, S, C)
+    CHECK(be->linear(be, &tok, &a->q_w, a->q_b, &q));   // (1, S, C)
+    CHECK(be->linear(be, &tok, &a->k_w, a->k_b, &k));
+    CHECK(be->linear(be, &tok, &a->v_w, a->v_b, &val));
+    CHECK(be->attention(be, &q, &k, &val, 1, 0, &o));   // one head of width C
+    CHECK(be->linear(be, &o, &a->o_w, a->o_b, &tok));   // (1, S, C)
+    CHECK(be->transpose_last2(be, &tok, &n_cs));        // (1, C, S)
+    CHECK(be->add(be, &n, x, out));
+done:
+    sd_arena_release(ar, mark);
+    return s;
+}
+
+/* mid block: resnet, attention, resnet. x (1, C, H, W) -> the result in `a`; `b` is
+ * scratch; all three distinct. */
+static sd_status mid_forward(sd_vae *v, const vae_mid *m, const sd_tensor *x, sd_tensor *a,
+                             sd_tensor *b) {
+    if (!m->has_attn) {
+        SD_TRY(sd_resnet_block_forward(v->be, &v->arena, &m->res0, x, NULL, b));
+        return sd_resnet_block_forward(v->be, &v->arena, &m->res1, b, NULL, a);
+    }
+    SD_TRY(sd_resnet_block_forward(v->be, &v->arena, &m->res0, x, NULL, a));
+    SD_TRY(attention_forward(v, &m->attn, a, b));
+    return sd_resnet_block_forward(v->be, &v->arena, &m->res1, b, NULL, a);
+}
+
+/* Three activation buffers, each as large as the largest activation of one image;
+ * every stage reads one and writes another. */
+typedef struct {
+    sd_tensor buf[3];
+    int cur; /* the buffer holding the current activation */
+} rotation;
+
+static sd_tensor *next_buf(rotation *r, int skip) {
+    for (int i = 0; i < 3; i++)
+        if (i != r->cur && i != skip)
+            return &r->buf[i];
+    return NULL;
+}
+
+static int index_of(rotation *r, const sd_tensor *t) { return (int)(t - r->buf); }
+
+static sd_status rotation_init(sd_vae *v, rotation *r, int64_t max_elems) {
+    for (int i = 0; i < 3; i++)
+        SD_TRY(sd_arena_f32(&v->arena, &r->buf[i], 1, max_elems, 1, 1, 1));
+    r->cur = 0;
+    return SD_OK;
+}
+
+/* largest activation (elements) of decoding one (latent, h, w) latent */
+static int64_t decoder_max_elems(const sd_vae_config *c, int64_t h, int64_t w) {
+    int n = c->num_blocks;
+    int64_t best = (int64_t)c->block_out_channels[n - 1] * h * w, prev = c->block_out_channels[n - 1];
+    for (int i = 0; i < n; i++) {
+        int64_t out_c = c->block_out_channels[n - 1 - i];
+        int64_t widest = prev > out_c ? prev : out_c;
+        if (widest * h * w > best)
+            best = widest * h * w;
+        if (i < n - 1) {
+            h *= 2;
+            w *= 2;
+            if (out_c * h * w > best)
+                best = out_c * h * w;
+        }
+        prev = out_c;
+    }
+    return best;
+}
+
+static sd_status decode_one(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
+    const sd_backend *be = v->be;
+    const sd_vae_config *c = &v->cfg;
+    const vae_coder *d = &v->dec;
+    int n = c->num_blocks;
+    int64_t h = z->shape[2], w = z->shape[3];
+    int mark = sd_arena_mark(&v->arena);
+    rotation r;
+    sd_status s;
+    CHECK(rotation_init(v, &r, decoder_max_elems(c, h, w)));
+    int64_t C = c->block_out_channels[n - 1];
+    /* post_quant_conv (1x1) then conv_in, (1, L, h, w) -> (1, C, h, w) */
+    sd_tensor a = view4(&r.buf[1], c->latent_channels, h, w), x = view4(&r.buf[0], C, h, w);
+    CHECK(be->conv2d(be, z, v->post_quant_w, v->post_quant_b, 1, 0, &a));
+    CHECK(be->conv2d(be, &a, d->conv_in_w, d->conv_in_b, 1, 1, &x));
+    sd_tensor m1 = view4(&r.buf[1], C, h, w), m2 = view4(&r.buf[2], C, h, w);
+    CHECK(mid_forward(v, &d->mid, &x, &m1, &m2));
+    r.cur = 1;
+    for (int i = 0; i < n; i++) {
+        const vae_block *b = &d->blocks[i];
+        int64_t out_c = c->block_out_channels[n - 1 - i];
+        for (int j = 0; j < b->n_res; j++) {
+            sd_tensor *dst = next_buf(&r, -1);
+            sd_tensor in = view4(&r.buf[r.cur], b->res[j].in_ch, h, w);
+            sd_tensor out = view4(dst, out_c, h, w);
+            CHECK(sd_resnet_block_forward(be, &v->arena, &b->res[j], &in, NULL, &out));
+            r.cur = index_of(&r, dst);
+        }
+        if (b->resample_w) { /* nearest 2x, then a 3x3 conv */
+            sd_tensor *up_buf = next_buf(&r, -1);
+            sd_tensor *conv_buf = next_buf(&r, index_of(&r, up_buf));
+            sd_tensor in = view4(&r.buf[r.cur], out_c, h, w);
+            sd_tensor up = view4(up_buf, out_c, 2 * h, 2 * w);
+            sd_tensor out = view4(conv_buf, out_c, 2 * h, 2 * w);
+            CHECK(be->upsample_nearest2x(be, &in, &up));
+            CHECK(be->conv2d(be, &up, b->resample_w, b->resample_b, 1, 1, &out));
+            r.cur = index_of(&r, conv_buf);
+            h *= 2;
+            w *= 2;
+        }
+    }
+    int64_t bottom = c->block_out_channels[0];
+    sd_tensor in = view4(&r.buf[r.cur], bottom, h, w);
+    sd_tensor act = view4(next_buf(&r, -1), bottom, h, w);
+    CHECK(be->group_norm(be, &in, d->norm_w, d->norm_b, c->norm_num_groups, VAE_EPS, 1, &act));
+    CHECK(be->conv2d(be, &act, d->conv_out_w, d->conv_out_b, 1, 1, image));
+done:
+    sd_arena_release(&v->arena, mark);
+    return s;
+}
+
+static int64_t encoder_max_elems(const sd_vae_config *c, int64_t H, int64_t W) {
+    int n = c->num_blocks;
+    int64_t prev = c->block_out_channels[0], best = prev * H * W;
+    for (int i = 0; i < n; i++) {
+        int64_t out_c = c->block_out_channels[i];
+        int64_t widest = prev > out_c ? prev : out_c;
+        if (widest * H * W > best)
+            best = widest * H * W;
+        if (i < n - 1) {
+            if (out_c * (H + 1) * (W + 1) > best)
+                best = out_c * (H + 1) * (W + 1);
+            H /= 2;
+            W /= 2;
+        }
+        prev = out_c;
+    }
+    int64_t L2 = 2 * c->latent_channels;
+    return best > L2 * H * W ? best : L2 * H * W;
+}
+
+static sd_status encode_one(sd_vae *v, const sd_tensor *img, sd_tensor *mean) {
+    const sd_backend *be = v->be;
+    const sd_vae_config *c = &v->cfg;
+    const vae_coder *e = &v->enc;
+    int n = c->num_blocks;
+    int64_t H = img->shape[2], W = img->shape[3];
+    int mark = sd_arena_mark(&v->arena);
+    rotation r;
+    sd_status s;
+    CHECK(rotation_init(v, &r, encoder_max_elems(c, H, W)));
+    int64_t prev = c->block_out_channels[0];
+    sd_tensor x = view4(&r.buf[0], prev, H, W);
+    CHECK(be->conv2d(be, img, e->conv_in_w, e->conv_in_b, 1, 1, &x));
+    r.cur = 0;
+    for (int i = 0; i < n; i++) {
+        const vae_block *b = &e->blocks[i];
+        int64_t out_c = c->block_out_channels[i];
+        for (int j = 0; j < b->n_res; j++) {
+            sd_tensor *dst = next_buf(&r, -1);
+            sd_tensor in = view4(&r.buf[r.cur], b->res[j].in_ch, H, W);
+            sd_tensor out = view4(dst, out_c, H, W);
+            CHECK(sd_resnet_block_forward(be, &v->arena, &b->res[j], &in, NULL, &out));
+            r.cur = index_of(&r, dst);
+        }
+        if (b->resample_w) { /* zero-pad bottom and right by one, then 3x3 stride 2 */
+            sd_tensor *pad_buf = next_buf(&r, -1);
+            sd_tensor *conv_buf = next_buf(&r, index_of(&r, pad_buf));
+            sd_tensor in = view4(&r.buf[r.cur], out_c, H, W);
+            sd_tensor padded = view4(pad_buf, out_c, H + 1, W + 1);
+            sd_tensor out = view4(conv_buf, out_c, H / 2, W / 2);
+            CHECK(be->pad_bottom_right(be, &in, 1, 1, &padded));
+            CHECK(be->conv2d(be, &padded, b->resample_w, b->resample_b, 2, 0, &out));
+            r.cur = index_of(&r, conv_buf);
+            H /= 2;
+            W /= 2;
+        }
+        prev = out_c;
+    }
+    sd_tensor *m1 = next_buf(&r, -1), *m2 = next_buf(&r, index_of(&r, m1));
+    sd_tensor in = view4(&r.buf[r.cur], prev, H, W);
+    sd_tensor a = view4(m1, prev, H, W), b = view4(m2, prev, H, W);
+    CHECK(mid_forward(v, &e->mid, &in, &a, &b));
+    /* a holds the mid output; norm + SiLU into b, conv_out into the old input buffer */
+    int64_t L2 = 2 * c->latent_channels;
+    sd_tensor moments = view4(&r.buf[r.cur], L2, H, W), q = view4(m1, L2, H, W);
+    CHECK(be->group_norm(be, &a, e->norm_w, e->norm_b, c->norm_num_groups, VAE_EPS, 1, &b));
+    CHECK(be->conv2d(be, &b, e->conv_out_w, e->conv_out_b, 1, 1, &moments));
+    CHECK(be->conv2d(be, &moments, v->quant_w, v->quant_b, 1, 0, &q));
+    /* the mean is the first `latent` channels of the moments */
+    {
+        /* the mean is the first `latent` channels: a prefix of the (1, 2L, H, W) buffer;
+         * copied by scaling by one, which is exact and works on every backend */
+        sd_tensor first = view4(&q, c->latent_channels, H, W);
+        CHECK(be->scale(be, &first, 1.0f, mean));
+    }
+done:
+    sd_arena_release(&v->arena, mark);
+    return s;
+}
+
+static sd_tensor image_slice(const sd_tensor *t, int64_t i) {
+    int64_t per = t->shape[1] * t->shape[2] * t->shape[3];
+    return sd_tensor_view((float *)t->data + i * per, SD_F32, t->device, 4,
+                          (const int64_t[]){1, t->shape[1], t->shape[2], t->shape[3]});
+}
+
+sd_status sd_vae_decode(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
+    const sd_vae_config *c = &v->cfg;
+    int64_t f = (int64_t)1 << (c->num_blocks - 1);
+    if (z->ndim != 4 || z->shape[1] != c->latent_channels || z->dtype != SD_F32)
+        return sd_fail(SD_ERR_INVALID, "VAE decode: latents must be float32 (B, %d, h, w)",
+                       c->latent_channels);
+    if (image->ndim != 4 || image->shape[0] != z->shape[0] ||
+        image->shape[1] != c->out_channels || image->shape[2] != z->shape[2] * f ||
+        image->shape[3] != z->shape[3] * f)
+        return sd_fail(SD_ERR_INVALID, "VAE decode: image must be (%lld, %d, %lld, %lld)",
+                       (long long)z->shape[0], c->out_channels, (long long)(z->shape[2] * f),
+                       (long long)(z->shape[3] * f));
+    sd_arena_reset(&v->arena);
+    for (int64_t i = 0; i < z->shape[0]; i++) {
+        sd_tensor zi = image_slice(z, i), oi = image_slice(image, i);
+        SD_TRY(decode_one(v, &zi, &oi));
+    }
+    return SD_OK;
+}
+
+sd_status sd_vae_encode(sd_vae *v, const sd_tensor *image, sd_tensor *mean) {
+    const sd_vae_config *c = &v->cfg;
+    int64_t f = (int64_t)1 << (c->num_blocks - 1);
+    if (!v->has_encoder)
+        return sd_fail(SD_ERR_UNSUPPORTED, "VAE encode: this VAE was loaded without its encoder");
+    if (image->ndim != 4 || image->shape[1] != c->in_channels || image->dtype != SD_F32 ||
+        image->shape[2] % f || image->shape[3] % f)
+        return sd_fail(SD_ERR_INVALID,
+                       "VAE encode: images must be float32 (B, %d, H, W) with H and W multiples "
+                       "of %lld",
+                       c->in_channels, (long long)f);
+    if (mean->ndim != 4 || mean->shape[0] != image->shape[0] ||
+        mean->shape[1] != c->latent_channels || mean->shape[2] != image->shape[2] / f ||
+        mean->shape[3] != image->shape[3] / f)
+        return sd_fail(SD_ERR_INVALID, "VAE encode: 'mean' has the wrong shape");
+    sd_arena_reset(&v->arena);
+    for (int64_t i = 0; i < image->shape[0]; i++) {
+        sd_tensor xi = image_slice(image, i), mi = image_slice(mean, i);
+        SD_TRY(encode_one(v, &xi, &mi));
+    }
+    return SD_OK;
+}

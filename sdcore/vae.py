@@ -1,0 +1,67 @@
+"""The KL autoencoder, built from a diffusers AutoencoderKL config dict and a Weights set."""
+
+from sdcore import _C
+
+# AutoencoderKL fields that choose an architecture sdcore does not implement: each must
+# hold the value Stable Diffusion uses (or be absent).
+FIXED = {
+    "act_fn": "silu",
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+}
+BLOCK_TYPES = {"down_block_types": "DownEncoderBlock2D", "up_block_types": "UpDecoderBlock2D"}
+
+
+def _positive_int(config, key, default):
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"VAE config: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+class VAE:
+    """``decode(z)`` and ``encode(image)`` as AutoencoderKL does, with the scaling
+    factor left to the caller (decode wants z / scaling_factor)."""
+
+    def __init__(self, config, weights, device="cpu", with_encoder=True):
+        if not isinstance(config, dict):
+            raise TypeError("VAE config must be a dict")
+        for key, want in FIXED.items():
+            if key in config and config[key] != want:
+                raise ValueError(f"VAE config: '{key}' must be {want!r}, got {config[key]!r}")
+        blocks = config.get("block_out_channels", (64,))
+        if not isinstance(blocks, (list, tuple)) or not blocks:
+            raise ValueError("VAE config: 'block_out_channels' must be a non-empty list")
+        for i, c in enumerate(blocks):
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+                raise ValueError(f"VAE config: 'block_out_channels[{i}]' must be a positive int")
+        for key, want in BLOCK_TYPES.items():
+            types = config.get(key, [want] * len(blocks))
+            if list(types) != [want] * len(blocks):
+                raise ValueError(
+                    f"VAE config: '{key}' must be {len(blocks)} x {want!r}, got {types!r}"
+                )
+        self.config = dict(config)
+        self.scaling_factor = float(config.get("scaling_factor", 0.18215))
+        self.factor = 2 ** (len(blocks) - 1)
+        self.device = device
+        self._model = _C.VAE(
+            weights,
+            _positive_int(config, "in_channels", 3),
+            _positive_int(config, "out_channels", 3),
+            _positive_int(config, "latent_channels", 4),
+            tuple(blocks),
+            _positive_int(config, "layers_per_block", 1),
+            _positive_int(config, "norm_num_groups", 32),
+            bool(config.get("mid_block_add_attention", True)),
+            with_encoder=with_encoder,
+            device=device,
+        )
+
+    def decode(self, z):
+        """z (B, latent, h, w), already divided by scaling_factor -> (B, 3, h*f, w*f)."""
+        return self._model.decode(z)
+
+    def encode(self, image):
+        """image (B, 3, H, W) in [-1, 1] -> the latent distribution's mean (unscaled)."""
+        return self._model.encode(image)
