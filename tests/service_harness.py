@@ -12,7 +12,7 @@ from service.gen import sdcore_service_pb2_grpc
 from service.server import SdcoreServer
 
 
-def test_config(**overrides):
+def make_config(**overrides):
     base = dict(
         host="127.0.0.1",
         port=0,
@@ -21,6 +21,7 @@ def test_config(**overrides):
         queue_size=16,
         max_batch_size=4,
         default_steps=4,
+        max_steps=1000,
         max_workers=2,
     )
     base.update(overrides)
