@@ -27,9 +27,10 @@ from service.gen import (
     gpu_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
+    text2image_pb2,
+    text2image_pb2_grpc,
 )
 from service.gen import sdcore_service_pb2 as pb
-from service.gen import text2image_pb2, text2image_pb2_grpc
 
 STEP = 0.02  # seconds per engine step in the slow tests
 
@@ -89,7 +90,7 @@ def test_generate_returns_images_seeds_and_timings(server):
     for image, seed in zip(reply.images, [41, 42, 43], strict=True):
         assert image.seed == seed and (image.width, image.height) == (64, 64)
         assert_image_of_seed(image.png, seed)
-        assert "Seed: %d" % seed in image.parameters
+        assert f"Seed: {seed}" in image.parameters
         assert Image.open(io.BytesIO(image.png)).text["parameters"] == image.parameters
     assert reply.timings.generate_seconds > 0
     assert reply.timings.total_seconds >= reply.timings.generate_seconds
@@ -321,6 +322,8 @@ def test_batch_counts_images_not_requests(server, engine):
     for reply in (ra, rb, rc):
         for image in reply.images:
             assert_image_of_seed(image.png, image.seed)
+    with pytest.raises(grpc.RpcError):
+        blocker.result()
 
 
 def test_batching_off():
