@@ -338,3 +338,36 @@ def test_client_status(served, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["model"] == "double" and info["models"][0]["name"] == "double"
     assert info["queue_depth"] == 0 and int(info["rss_bytes"]) > 0
+
+
+# -- bench/load.py --------------------------------------------------------------------------
+
+
+def test_load_bench_runs_and_compares_batching():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/load.py",
+            "--start",
+            "--server-cmd",
+            f"{sys.executable} tests/serve_double.py",
+            "--compare-batching",
+            "--clients",
+            "4",
+            "--duration",
+            "1",
+            "--steps",
+            "5",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "max batch 4:" in out and "max batch 1:" in out and "batching on/off:" in out
+    results = json.loads(out[out.index("{") :])
+    for stats in results.values():
+        assert stats["images"] > 0 and stats["rejections"] == 0 and stats["rss_end_mib"] > 0
