@@ -69,6 +69,14 @@ def status(srv):
     return srv.stub().GetStatus(pb.StatusRequest())
 
 
+def enqueue(srv, request):
+    """Start a Generate call and wait until it is queued, so that queue order is call order."""
+    depth = status(srv).queue_depth
+    future = srv.stub().Generate.future(request)
+    wait_for(lambda: status(srv).queue_depth == depth + 1, what="the job to queue")
+    return future
+
+
 def start_blocker(srv, steps=200, job_id="blocker"):
     """A long job that occupies the engine; returns its future once it is running."""
     future = srv.stub().Generate.future(
@@ -268,7 +276,7 @@ def test_queue_full_is_refused_at_once():
         with pytest.raises(grpc.RpcError) as e:
             srv.stub().Generate(pb.GenerateRequest(prompt="one too many"))
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0
         with pytest.raises(grpc.RpcError) as e:
             next(iter(srv.stub().GenerateStream(pb.GenerateRequest(prompt="stream too"))))
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -287,11 +295,13 @@ def test_queue_full_is_refused_at_once():
 def test_compatible_requests_share_one_engine_call(server, engine):
     blocker = start_blocker(server, steps=60)
     futures = [
-        server.stub().Generate.future(pb.GenerateRequest(prompt=f"p{i}", seed=100 * i, steps=3))
-        for i in range(4)
+        enqueue(server, pb.GenerateRequest(prompt=f"p{i}", seed=100 * i, steps=3)) for i in range(2)
     ]
-    odd = server.stub().Generate.future(pb.GenerateRequest(prompt="odd", seed=7, steps=5))
-    wait_for(lambda: status(server).queue_depth == 5, what="five queued jobs")
+    odd = enqueue(server, pb.GenerateRequest(prompt="odd", seed=7, steps=5))
+    futures += [
+        enqueue(server, pb.GenerateRequest(prompt=f"p{i}", seed=100 * i, steps=3))
+        for i in range(2, 4)
+    ]
     server.stub().Cancel(pb.CancelRequest(job_id="blocker"))
     for i, f in enumerate(futures):
         reply = f.result(timeout=10)
@@ -306,14 +316,9 @@ def test_compatible_requests_share_one_engine_call(server, engine):
 
 def test_batch_counts_images_not_requests(server, engine):
     blocker = start_blocker(server, steps=60)
-    a = server.stub().Generate.future(
-        pb.GenerateRequest(prompt="a", seed=10, num_images=3, steps=2)
-    )
-    b = server.stub().Generate.future(
-        pb.GenerateRequest(prompt="b", seed=20, num_images=2, steps=2)
-    )
-    c = server.stub().Generate.future(pb.GenerateRequest(prompt="c", seed=30, steps=2))
-    wait_for(lambda: status(server).queue_depth == 3, what="three queued jobs")
+    a = enqueue(server, pb.GenerateRequest(prompt="a", seed=10, num_images=3, steps=2))
+    b = enqueue(server, pb.GenerateRequest(prompt="b", seed=20, num_images=2, steps=2))
+    c = enqueue(server, pb.GenerateRequest(prompt="c", seed=30, steps=2))
     server.stub().Cancel(pb.CancelRequest(job_id="blocker"))
     ra, rb, rc = (f.result(timeout=10) for f in (a, b, c))
     assert list(ra.seeds) == [10, 11, 12] and list(rb.seeds) == [20, 21]
