@@ -740,3 +740,33 @@ def test_shutdown_cancels_work_past_the_grace_period():
         running.result(timeout=5)
     assert e.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     assert engine.stopped_calls == 1
+
+
+def test_stream_position_moves_up_as_the_queue_drains(server):
+    blocker = start_blocker(server)
+    ahead = enqueue(server, pb.GenerateRequest(prompt="ahead", steps=2, job_id="ahead"))
+    stream = server.stub().GenerateStream(pb.GenerateRequest(prompt="behind", steps=2))
+    first = next(stream)
+    assert first.queued.position == 1
+    server.stub().Cancel(pb.CancelRequest(job_id="ahead"))
+    second = next(stream)
+    assert second.WhichOneof("event") == "queued" and second.queued.position == 0
+    server.stub().Cancel(pb.CancelRequest(job_id="blocker"))
+    assert [e.WhichOneof("event") for e in stream] == ["progress", "progress", "result"]
+    for future in (blocker, ahead):
+        with pytest.raises(grpc.RpcError):
+            future.result()
+
+
+def test_max_concurrent_rpcs_is_enforced_by_grpc():
+    engine = EngineDouble(step_seconds=STEP)
+    with ServerThread(make_config(max_concurrent_rpcs=2), [engine]) as srv:
+        blocker = srv.stub().Generate.future(pb.GenerateRequest(prompt="b", steps=200))
+        wait_for(lambda: engine.calls, what="the engine to start")
+        second = srv.stub().Generate.future(pb.GenerateRequest(prompt="c", steps=200))
+        time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as e:
+            srv.stub().Generate(pb.GenerateRequest(prompt="d", steps=1), timeout=5)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        blocker.cancel()
+        second.cancel()
