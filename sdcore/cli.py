@@ -82,6 +82,36 @@ def cmd_generate(args):
     return 0
 
 
+def cmd_serve(args):
+    from service.server import run
+
+    return run(args)
+
+
+def cmd_client(args):
+    from service.client import run
+
+    return run(args)
+
+
+def _add_service_commands(sub):
+    """`serve` and `client` need the gRPC packages; without them the other commands still work."""
+    try:
+        from service import client, config
+    except ImportError as e:
+        reason = f"needs the service package and its dependencies ({e})"
+        for name in ("serve", "client"):
+            p = sub.add_parser(name, help=reason)
+            p.set_defaults(func=lambda args, reason=reason: sys.exit(f"sdcore: {reason}"))
+        return
+    p = sub.add_parser("serve", help="serve text-to-image generation over gRPC (port 50051)")
+    config.add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("client", help="talk to a running sdcore server")
+    client.add_arguments(p)
+    p.set_defaults(func=cmd_client)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="sdcore", description="Stable Diffusion in C and CUDA")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +137,7 @@ def build_parser():
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_generate)
+    _add_service_commands(sub)
     return parser
 
 

@@ -1,0 +1,248 @@
+"""Load test of the gRPC service: N concurrent clients calling Generate for a fixed time.
+
+    # against a running server
+    python bench/load.py --server localhost:50051 --clients 8 --duration 30
+
+    # start a server (python -m service) on a free port, load it, stop it
+    python bench/load.py --start --clients 8 --duration 30 [--model PATH]
+
+    # batching on vs off in the same run: two servers one after the other, same load
+    python bench/load.py --start --compare-batching --max-batch-size 4 --clients 8 --duration 30
+
+Prints images/s, p50/p99 latency of answered requests, rejections (RESOURCE_EXHAUSTED) and
+other errors by code, and the server's resident memory (from GetStatus) at start and end.
+Every client sends the same kind of request (size, steps, sampler), so the server can batch them.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.gen import sdcore_service_pb2 as pb  # noqa: E402
+from service.gen import sdcore_service_pb2_grpc as pb_grpc  # noqa: E402
+
+
+def percentile(values, q):
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def run_load(target, clients, duration, request, api_key=None, timeout=600.0):
+    """Run `clients` loops of Generate for `duration` seconds; returns the statistics."""
+    metadata = (("x-api-key", api_key),) if api_key else None
+    options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+    latencies, codes = [], {}
+    images = 0
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.SdcoreStub(channel)
+        start_status = await stub.GetStatus(pb.StatusRequest(), metadata=metadata)
+        end_at = time.monotonic() + duration
+
+        async def client(i):
+            nonlocal images
+            n = 0
+            while time.monotonic() < end_at:
+                req = pb.GenerateRequest()
+                req.CopyFrom(request)
+                req.seed = i * 100000 + n
+                n += 1
+                t0 = time.monotonic()
+                try:
+                    reply = await stub.Generate(req, metadata=metadata, timeout=timeout)
+                except grpc.aio.AioRpcError as e:
+                    codes[e.code().name] = codes.get(e.code().name, 0) + 1
+                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        await asyncio.sleep(0.05)  # back off a little, as a real client would
+                    continue
+                latencies.append(time.monotonic() - t0)
+                images += len(reply.images)
+                codes["OK"] = codes.get("OK", 0) + 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        elapsed = time.monotonic() - t0
+        end_status = await stub.GetStatus(pb.StatusRequest(), metadata=metadata)
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "images": images,
+        "images_per_s": images / elapsed,
+        "p50_s": percentile(latencies, 50),
+        "p99_s": percentile(latencies, 99),
+        "rejections": codes.get("RESOURCE_EXHAUSTED", 0),
+        "codes": codes,
+        "rss_start_mib": start_status.rss_bytes / 2**20,
+        "rss_end_mib": end_status.rss_bytes / 2**20,
+        "model": end_status.model,
+        "device": end_status.device,
+    }
+
+
+class StartedServer:
+    """A server process on a free port of 127.0.0.1, ready (model loaded) on entry."""
+
+    def __init__(self, command, extra_args, env=None, ready_timeout=600):
+        self.command = command
+        self.extra_args = extra_args
+        self.env = env
+        self.ready_timeout = ready_timeout
+        self.proc = None
+        self.target = None
+
+    def __enter__(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.log = tempfile.TemporaryFile(mode="w+")
+        argv = [*self.command, "--host", "127.0.0.1", "--port", str(port), *self.extra_args]
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stderr=self.log, env=self.env)
+        self.target = f"127.0.0.1:{port}"
+        channel = grpc.insecure_channel(self.target)
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited with {self.proc.returncode}:\n" + self.read_log()
+                )
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready:\n" + self.read_log())
+            time.sleep(0.1)
+        channel.close()
+        return self
+
+    def read_log(self):
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def report(label, stats):
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(stats["codes"].items()) if k != "OK")
+    print(
+        f"{label}: {stats['images_per_s']:.3f} images/s ({stats['images']} images in "
+        f"{stats['seconds']:.1f} s, {stats['clients']} clients); latency p50 "
+        f"{stats['p50_s']:.3f} s, p99 {stats['p99_s']:.3f} s; rejections "
+        f"{stats['rejections']}{'; errors ' + codes if codes else ''}; server RSS "
+        f"{stats['rss_start_mib']:.0f} MiB at start, {stats['rss_end_mib']:.0f} MiB at end"
+    )
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--server", help="host:port of a running server")
+    p.add_argument("--start", action="store_true", help="start a server for the run")
+    p.add_argument(
+        "--server-cmd",
+        default=f"{sys.executable} -m service",
+        help="command that starts a server (with --start); it gets --host/--port",
+    )
+    p.add_argument("--model", help="--model for the started server")
+    p.add_argument("--device", help="--device for the started server")
+    p.add_argument("--max-batch-size", type=int, default=4, help="for the started server")
+    p.add_argument("--queue-size", type=int, default=64, help="for the started server")
+    p.add_argument(
+        "--compare-batching",
+        action="store_true",
+        help="run twice, --max-batch-size N then 1, and print the ratio",
+    )
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of load per run")
+    p.add_argument("--prompt", default="a red circle on a blue background")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--width", type=int, default=0)
+    p.add_argument("--height", type=int, default=0)
+    p.add_argument("--sampler", default="")
+    p.add_argument("--api-key", default=os.environ.get("GRPC_API_KEY"))
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON too")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if not args.start and not args.server:
+        sys.exit("give --server HOST:PORT or --start")
+    if args.compare_batching and not args.start:
+        sys.exit("--compare-batching starts its own servers: add --start")
+    request = pb.GenerateRequest(
+        prompt=args.prompt,
+        steps=args.steps,
+        width=args.width,
+        height=args.height,
+        sampler=args.sampler,
+    )
+
+    def load(target):
+        return asyncio.run(run_load(target, args.clients, args.duration, request, args.api_key))
+
+    if not args.start:
+        stats = load(args.server)
+        report(f"server {args.server}", stats)
+        results = {"run": stats}
+    else:
+        base = ["--queue-size", str(args.queue_size), "--log-level", "WARNING"]
+        if args.model:
+            base += ["--model", args.model]
+        if args.device:
+            base += ["--device", args.device]
+        env = dict(os.environ)
+        env.pop("GRPC_PORT", None)
+        if args.api_key:
+            env.update(GRPC_REQUIRE_API_KEY="true", GRPC_API_KEY=args.api_key)
+        sizes = [args.max_batch_size, 1] if args.compare_batching else [args.max_batch_size]
+        results = {}
+        for size in sizes:
+            extra = [*base, "--max-batch-size", str(size)]
+            with StartedServer(shlex.split(args.server_cmd), extra, env=env) as server:
+                stats = load(server.target)
+            label = f"max batch {size}"
+            report(label, stats)
+            results[label] = stats
+        if args.compare_batching:
+            on, off = (results[f"max batch {s}"] for s in sizes)
+            print(
+                f"batching on/off: images/s x{on['images_per_s'] / off['images_per_s']:.2f}, "
+                f"p50 latency x{on['p50_s'] / off['p50_s']:.2f}"
+            )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RuntimeError as e:
+        sys.exit(f"bench/load.py: {e}")

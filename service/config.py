@@ -1,0 +1,227 @@
+"""Server configuration from command-line flags and GRPC_* environment variables.
+
+A flag given on the command line wins over its environment variable, which wins over the
+default. Every value is checked once, at start; a bad one raises ConfigError naming the flag
+or variable it came from.
+"""
+
+import argparse
+import dataclasses
+import os
+
+from service import DEFAULT_PORT
+
+
+class ConfigError(ValueError):
+    """A configuration value that the server cannot start with."""
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    host: str = "[::]"
+    port: int = DEFAULT_PORT
+    model: str | None = None  # None: the model shipped in the sdcore package
+    device: str = "cpu"
+    max_workers: int = 4  # engine threads (the loop itself never runs the engine)
+    max_message_size: int = 64 * 1024 * 1024
+    max_concurrent_rpcs: int | None = None  # None: no limit from gRPC itself
+    enable_reflection: bool = True
+    require_api_key: bool = False
+    api_key: str | None = None
+    use_tls: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+    queue_size: int = 32  # jobs waiting, not counting those running
+    max_batch_size: int = 4  # images in one engine call; 1 turns batching off
+    batch_wait_ms: float = 0.0  # how long an idle engine waits for more compatible requests
+    default_steps: int = 20
+    max_steps: int = 150
+    max_images_per_request: int = 8
+    max_prompt_chars: int = 4000
+    grace_period: float = 10.0  # seconds in-flight work gets on shutdown before it is cancelled
+    metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_host: str = "0.0.0.0"
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    def check(self):
+        """Raise ConfigError on the first inconsistent or out-of-range value."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port (GRPC_PORT): {self.port} is not between 0 and 65535")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port: {self.metrics_port} is not between 0 and 65535")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError("--metrics-port: must differ from the gRPC port")
+        if self.max_workers < 1:
+            raise ConfigError(f"max workers (GRPC_MAX_WORKERS): {self.max_workers} is below 1")
+        if self.max_message_size < 1024:
+            raise ConfigError(
+                f"max message size (GRPC_MAX_MESSAGE_SIZE): {self.max_message_size} bytes is "
+                "too small for an image (at least 1024)"
+            )
+        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
+            raise ConfigError(
+                f"max concurrent RPCs (GRPC_MAX_CONCURRENT_RPCS): {self.max_concurrent_rpcs} "
+                "is below 1"
+            )
+        if self.require_api_key and not self.api_key:
+            raise ConfigError(
+                "an API key is required (GRPC_REQUIRE_API_KEY) but none is set: "
+                "give --api-key or GRPC_API_KEY"
+            )
+        if self.use_tls:
+            for name, path in (
+                ("cert file (GRPC_CERT_FILE)", self.cert_file),
+                ("key file (GRPC_KEY_FILE)", self.key_file),
+            ):
+                if not path:
+                    raise ConfigError(f"TLS is on (GRPC_USE_TLS) but no {name} is given")
+                if not os.path.isfile(path):
+                    raise ConfigError(f"{name}: {path!r} is not a readable file")
+        if self.queue_size < 1:
+            raise ConfigError(f"--queue-size: {self.queue_size} is below 1")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"--max-batch-size: {self.max_batch_size} is below 1")
+        if self.batch_wait_ms < 0:
+            raise ConfigError(f"--batch-wait-ms: {self.batch_wait_ms} is negative")
+        if not 1 <= self.default_steps <= self.max_steps:
+            raise ConfigError(
+                f"--default-steps: {self.default_steps} is not between 1 and --max-steps "
+                f"({self.max_steps})"
+            )
+        if self.max_images_per_request < 1:
+            raise ConfigError(f"--max-images: {self.max_images_per_request} is below 1")
+        if self.grace_period < 0:
+            raise ConfigError(f"--grace-period: {self.grace_period} is negative")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device: {self.device!r} is not cpu, cuda or cuda:N")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(
+                f"--log-level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
+            )
+        return self
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(text, source):
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{source}: {text!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
+
+
+def parse_int(text, source):
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{source}: {text!r} is not an integer") from None
+
+
+# (config field, environment variable, parser)
+ENV_VARS = [
+    ("port", "GRPC_PORT", parse_int),
+    ("max_workers", "GRPC_MAX_WORKERS", parse_int),
+    ("max_message_size", "GRPC_MAX_MESSAGE_SIZE", parse_int),
+    ("max_concurrent_rpcs", "GRPC_MAX_CONCURRENT_RPCS", parse_int),
+    ("enable_reflection", "GRPC_ENABLE_REFLECTION", parse_bool),
+    ("require_api_key", "GRPC_REQUIRE_API_KEY", parse_bool),
+    ("api_key", "GRPC_API_KEY", lambda text, source: text),
+    ("use_tls", "GRPC_USE_TLS", parse_bool),
+    ("cert_file", "GRPC_CERT_FILE", lambda text, source: text),
+    ("key_file", "GRPC_KEY_FILE", lambda text, source: text),
+]
+
+
+def add_arguments(parser):
+    """The `sdcore serve` flags. Every default is None so that unset flags fall back to env."""
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", help="address to bind (default [::], every interface)")
+    g.add_argument("--port", type=int, help=f"gRPC port (env GRPC_PORT, default {DEFAULT_PORT})")
+    g.add_argument(
+        "--model", help="checkpoint file or diffusers folder (default: the shipped model)"
+    )
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--max-workers", type=int, help="engine threads (env GRPC_MAX_WORKERS)")
+    g.add_argument(
+        "--max-message-size",
+        type=int,
+        help="largest message in bytes (env GRPC_MAX_MESSAGE_SIZE, default 64 MiB)",
+    )
+    g.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="RPCs gRPC lets in at once (env GRPC_MAX_CONCURRENT_RPCS)",
+    )
+    g.add_argument(
+        "--reflection",
+        dest="enable_reflection",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="server reflection (env GRPC_ENABLE_REFLECTION, default on)",
+    )
+    g.add_argument(
+        "--require-api-key",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reject calls without a matching x-api-key (env GRPC_REQUIRE_API_KEY)",
+    )
+    g.add_argument("--api-key", help="the key (env GRPC_API_KEY)")
+    g.add_argument(
+        "--tls",
+        dest="use_tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve TLS (env GRPC_USE_TLS)",
+    )
+    g.add_argument("--cert-file", help="PEM certificate chain (env GRPC_CERT_FILE)")
+    g.add_argument("--key-file", help="PEM private key (env GRPC_KEY_FILE)")
+    g = parser.add_argument_group("queue")
+    g.add_argument("--queue-size", type=int, help="jobs that may wait; more get RESOURCE_EXHAUSTED")
+    g.add_argument(
+        "--max-batch-size", type=int, help="images in one engine call (default 4; 1 = no batching)"
+    )
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        help="how long an idle engine waits for compatible requests (default 0)",
+    )
+    g.add_argument("--default-steps", type=int, help="steps when a request gives none (20)")
+    g.add_argument("--max-steps", type=int, help="most steps a request may ask for (150)")
+    g.add_argument(
+        "--max-images", dest="max_images_per_request", type=int, help="most images per request (8)"
+    )
+    g.add_argument(
+        "--grace-period",
+        type=float,
+        help="seconds in-flight work gets on SIGTERM before it is cancelled (10)",
+    )
+    g = parser.add_argument_group("observability")
+    g.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0 = off)")
+    g.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    g.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON lines on stderr (default on)",
+    )
+    return parser
+
+
+def from_args(args, environ=None):
+    """A checked ServerConfig from parsed flags (add_arguments) and the environment."""
+    environ = os.environ if environ is None else environ
+    config = ServerConfig()
+    for field, var, parse in ENV_VARS:
+        text = environ.get(var)
+        if text is not None and text != "":
+            setattr(config, field, parse(text, var))
+    for field in dataclasses.fields(ServerConfig):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            setattr(config, field.name, value)
+    return config.check()

@@ -1,0 +1,307 @@
+"""What every servicer shares: the loaded models, request validation, the scheduler, and the
+wrapper that turns service errors into gRPC status codes, counts RPCs and logs them."""
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import math
+import resource
+import secrets
+import time
+
+import grpc
+
+import sdcore
+from service.errors import InvalidArgument, ServiceError, Unavailable
+from service.scheduler import Job, ModelSlot, Params, Scheduler
+
+log = logging.getLogger("service")
+
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_SAMPLER = "euler_a"
+# Seeds the server picks itself: small enough that seed + i never overflows int64.
+RANDOM_SEED_LIMIT = 2**32
+MAX_SEED = 2**63 - 1
+
+# The engine's validate() names its own arguments; requests name some of them differently.
+_ENGINE_FIELDS = {"num_inference_steps": "steps"}
+
+
+class ServiceCore:
+    def __init__(self, config, metrics):
+        self.config = config
+        self.metrics = metrics
+        self.slots = {}
+        self.default_model = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="sdcore-engine"
+        )
+        self.scheduler = Scheduler(
+            self.slots,
+            self.executor,
+            queue_size=config.queue_size,
+            max_batch_size=config.max_batch_size,
+            batch_wait_s=config.batch_wait_ms / 1000.0,
+            metrics=metrics,
+        )
+        self.started = time.monotonic()
+        self.state = "loading"  # loading, ready, shutting_down
+
+    # -- models ---------------------------------------------------------------------------
+
+    def add_pipeline(self, pipeline):
+        slot = ModelSlot(pipeline)
+        self.slots[slot.name] = slot
+        if self.default_model is None:
+            self.default_model = slot.name
+        if getattr(pipeline, "random_weights", False):
+            log.warning(
+                "model has random weights: its images are noise, not pictures of the prompt",
+                extra={"model": slot.name},
+            )
+        return slot
+
+    async def load(self, model_path, device):
+        """Load the model in a worker thread, so that health checks answer while it loads."""
+        if not hasattr(sdcore, "Pipeline"):
+            raise RuntimeError("this sdcore build has no Pipeline; the service cannot load a model")
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        pipe = await loop.run_in_executor(
+            self.executor,
+            functools.partial(sdcore.Pipeline.from_pretrained, model_path, device=device),
+        )
+        slot = self.add_pipeline(pipe)
+        log.info(
+            "model loaded",
+            extra={
+                "model": slot.name,
+                "device": pipe.device,
+                "seconds": round(time.monotonic() - t0, 3),
+                "random_weights": bool(getattr(pipe, "random_weights", False)),
+            },
+        )
+        return slot
+
+    def slot(self, name=""):
+        if self.state == "loading" or not self.slots:
+            raise Unavailable("the model is still loading")
+        if not name:
+            return self.slots[self.default_model]
+        slot = self.slots.get(name)
+        if slot is None:
+            raise InvalidArgument(
+                f"model: unknown model {name!r}; this server has {sorted(self.slots)}"
+            )
+        return slot
+
+    # -- requests -------------------------------------------------------------------------
+
+    def params(
+        self,
+        *,
+        prompt,
+        negative_prompt="",
+        width=0,
+        height=0,
+        steps=0,
+        guidance_scale=None,
+        seed=None,
+        sampler="",
+        num_images=0,
+        model="",
+    ):
+        """Check every field and fill in defaults; InvalidArgument names the first bad field."""
+        cfg = self.config
+        for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if len(text) > cfg.max_prompt_chars:
+                raise InvalidArgument(
+                    f"{field}: {len(text)} characters; at most {cfg.max_prompt_chars}"
+                )
+        slot = self.slot(model)
+        pipe = slot.pipeline
+        default_w, default_h = pipe.default_size
+        for field, value in (("width", width), ("height", height)):
+            if value < 0:
+                raise InvalidArgument(f"{field}: {value} is negative (0 = the model's default)")
+        width = width or default_w
+        height = height or default_h
+        if steps < 0 or steps > cfg.max_steps:
+            raise InvalidArgument(f"steps: {steps} is not between 1 and {cfg.max_steps}")
+        steps = steps or cfg.default_steps
+        if guidance_scale is None:
+            guidance_scale = DEFAULT_GUIDANCE
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise InvalidArgument(f"guidance_scale: {guidance_scale} is not a finite number >= 0")
+        if seed is None or seed == -1:
+            seed = secrets.randbelow(RANDOM_SEED_LIMIT)
+        elif not 0 <= seed <= MAX_SEED:
+            raise InvalidArgument(f"seed: {seed} is not -1 (random) or between 0 and {MAX_SEED}")
+        sampler = sampler or DEFAULT_SAMPLER
+        if sampler not in pipe.samplers:
+            raise InvalidArgument(f"sampler: unknown sampler {sampler!r}; one of {pipe.samplers}")
+        if num_images < 0 or num_images > cfg.max_images_per_request:
+            raise InvalidArgument(
+                f"num_images: {num_images} is not between 1 and {cfg.max_images_per_request}"
+            )
+        num_images = num_images or 1
+        try:
+            pipe.validate(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                width=width,
+                height=height,
+                seed=seed,
+                sampler=sampler,
+                num_images=num_images,
+            )
+        except ValueError as e:
+            message = str(e)
+            for engine_name, field in _ENGINE_FIELDS.items():
+                if message.startswith(engine_name):
+                    message = field + message[len(engine_name) :]
+            raise InvalidArgument(message) from None
+        return Params(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance_scale=float(guidance_scale),
+            seed=int(seed),
+            sampler=sampler,
+            num_images=num_images,
+            model=slot.name,
+        )
+
+    def submit(self, params, context, job_id="", want_events=False, preview=False):
+        remaining = context.time_remaining() if context is not None else None
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        job = Job(
+            params,
+            job_id=job_id or None,
+            want_events=want_events,
+            preview=preview,
+            deadline=deadline,
+        )
+        return self.scheduler.submit(job)
+
+    async def result(self, job, context):
+        """Wait for the job's images. If the RPC is cancelled meanwhile, the job is dropped."""
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            self.abandon(job, context)
+            raise
+
+    def abandon(self, job, context):
+        remaining = context.time_remaining() if context is not None else None
+        late = remaining is not None and remaining <= 0
+        self.scheduler.abandon(job, "deadline passed" if late else "the client cancelled")
+
+    async def generate(self, params, context):
+        """Submit and wait: what the unary RPCs do."""
+        job = self.submit(params, context)
+        return job, await self.result(job, context)
+
+    async def close(self, grace):
+        self.state = "shutting_down"
+        await self.scheduler.close(grace)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def uptime(self):
+        return time.monotonic() - self.started
+
+
+def memory_bytes():
+    """(rss, peak rss) of this process."""
+    rss = peak = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) * 1024
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return rss, peak or rss
+
+
+def _cancel_code(context):
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def rpc_method(name, streaming=False):
+    """Wrap a servicer method: ServiceError -> its status code, anything else -> INTERNAL with
+    the message (the server goes on serving); count, time and log every call."""
+
+    def finish(self, context, started, code, error=None):
+        seconds = time.monotonic() - started
+        self.core.metrics.observe_rpc(name, code, seconds)
+        extra = {
+            "rpc": name,
+            "code": code.name,
+            "seconds": round(seconds, 4),
+            "peer": context.peer(),
+        }
+        if error:
+            extra["error"] = error
+        log.log(
+            logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO,
+            "rpc",
+            extra=extra,
+        )
+
+    def decorate(fn):
+        if not streaming:
+
+            @functools.wraps(fn)
+            async def unary(self, request, context):
+                started, code, error = time.monotonic(), grpc.StatusCode.OK, None
+                try:
+                    return await fn(self, request, context)
+                except ServiceError as e:
+                    code, error = e.code, e.message
+                except asyncio.CancelledError:
+                    code = _cancel_code(context)
+                    raise
+                except Exception as e:
+                    log.exception("unexpected error", extra={"rpc": name})
+                    code, error = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+                finally:
+                    finish(self, context, started, code, error)
+                await context.abort(code, error)
+
+            return unary
+
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            started, code, error = time.monotonic(), grpc.StatusCode.OK, None
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except ServiceError as e:
+                code, error = e.code, e.message
+            except (asyncio.CancelledError, GeneratorExit):
+                code = _cancel_code(context)
+                raise
+            except Exception as e:
+                log.exception("unexpected error", extra={"rpc": name})
+                code, error = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+            finally:
+                finish(self, context, started, code, error)
+            if error is not None:
+                await context.abort(code, error)
+
+        return stream
+
+    return decorate

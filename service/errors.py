@@ -1,0 +1,49 @@
+"""Failures the service reports to clients, each with the gRPC status code it maps to."""
+
+import grpc
+
+
+class ServiceError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    """A request field with a bad value; the message starts with the field's name."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class QueueFull(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    """The model is still loading, or the server is shutting down."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class JobCancelled(ServiceError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class DeadlinePassed(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class EngineError(ServiceError):
+    """The engine raised; the message is the engine's."""
+
+    code = grpc.StatusCode.INTERNAL

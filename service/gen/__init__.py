@@ -1,0 +1,1 @@
+"""Stubs generated from proto/ by tools/gen_protos.py; do not edit."""

@@ -1,0 +1,212 @@
+"""The grpc.aio server: servicers, health, reflection, auth, TLS, metrics and shutdown."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service import config as config_mod
+from service import logs
+from service.auth import ApiKeyInterceptor
+from service.compat import (
+    GpuServicer,
+    ImageServicer,
+    Text2ImageServicer,
+    image_service_alias_handler,
+)
+from service.core import ServiceCore
+from service.gen import (
+    gpu_service_pb2,
+    gpu_service_pb2_grpc,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    sdcore_service_pb2,
+    sdcore_service_pb2_grpc,
+    text2image_pb2,
+    text2image_pb2_grpc,
+)
+from service.metrics import Metrics
+from service.servicers import SdcoreServicer
+
+log = logging.getLogger("service")
+
+SERVICE_NAMES = (
+    sdcore_service_pb2.DESCRIPTOR.services_by_name["Sdcore"].full_name,
+    gpu_service_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name,
+    image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+    text2image_pb2.DESCRIPTOR.services_by_name["Text2ImageService"].full_name,
+)
+
+
+class SdcoreServer:
+    """One server. `pipelines` (already loaded) skips loading `config.model`; tests use it."""
+
+    def __init__(self, config, pipelines=None):
+        self.config = config
+        self.metrics = Metrics()
+        self.core = ServiceCore(config, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self._pipelines = pipelines
+        self.server = None
+        self.port = None
+        self.metrics_port = None
+        self.loaded = None  # task: the model load; its exception is the server's failure
+
+    async def start(self):
+        cfg = self.config
+        options = [
+            ("grpc.max_send_message_length", cfg.max_message_size),
+            ("grpc.max_receive_message_length", cfg.max_message_size),
+            ("grpc.so_reuseport", 0),
+        ]
+        interceptors = []
+        if cfg.require_api_key:
+            interceptors.append(ApiKeyInterceptor(cfg.api_key, self.metrics))
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=options,
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+        )
+        core = self.core
+        sdcore_service_pb2_grpc.add_SdcoreServicer_to_server(SdcoreServicer(core), self.server)
+        gpu_service_pb2_grpc.add_GpuServiceServicer_to_server(GpuServicer(core), self.server)
+        image_servicer = ImageServicer(core)
+        image_service_pb2_grpc.add_ImageServiceServicer_to_server(image_servicer, self.server)
+        self.server.add_generic_rpc_handlers((image_service_alias_handler(image_servicer),))
+        text2image_pb2_grpc.add_Text2ImageServiceServicer_to_server(
+            Text2ImageServicer(core), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if cfg.enable_reflection:
+            names = (
+                *SERVICE_NAMES,
+                "img_service.ImageService",
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(names, self.server)
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.use_tls:
+            with open(cfg.key_file, "rb") as f:
+                key = f.read()
+            with open(cfg.cert_file, "rb") as f:
+                cert = f.read()
+            credentials = grpc.ssl_server_credentials([(key, cert)])
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot listen on {address}")
+        await self.server.start()
+        if cfg.metrics_port:
+            self.metrics_port = self.metrics.start_http(cfg.metrics_port, cfg.metrics_host)
+        core.scheduler.start()
+        log.info(
+            "listening",
+            extra={
+                "address": address,
+                "port": self.port,
+                "tls": cfg.use_tls,
+                "api_key": cfg.require_api_key,
+                "reflection": cfg.enable_reflection,
+                "metrics_port": self.metrics_port,
+                "queue_size": cfg.queue_size,
+                "max_batch_size": cfg.max_batch_size,
+                "max_workers": cfg.max_workers,
+            },
+        )
+        self.loaded = asyncio.get_running_loop().create_task(self._load())
+        return self
+
+    async def _load(self):
+        if self._pipelines is not None:
+            for pipe in self._pipelines:
+                self.core.add_pipeline(pipe)
+        else:
+            await self.core.load(self.config.model, self.config.device)
+        self.core.state = "ready"
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def wait_ready(self):
+        await self.loaded
+
+    async def _set_health(self, status):
+        await self.health.set("", status)
+        for name in SERVICE_NAMES:
+            await self.health.set(name, status)
+
+    async def stop(self, grace=None):
+        """Stop taking calls; give in-flight ones `grace` seconds; then cancel what is left."""
+        grace = self.config.grace_period if grace is None else grace
+        log.info(
+            "shutting down",
+            extra={
+                "grace_seconds": grace,
+                "queued": self.core.scheduler.queue_depth(),
+                "running": self.core.scheduler.in_flight(),
+            },
+        )
+        self.core.state = "shutting_down"
+        self.core.scheduler.accepting = False
+        await self.health.enter_graceful_shutdown()
+        if self.loaded is not None and not self.loaded.done():
+            self.loaded.cancel()
+        await self.server.stop(grace)
+        await self.core.close(0)
+        self.metrics.stop_http()
+        log.info("stopped")
+
+
+async def serve(config, pipelines=None):
+    """Run until SIGTERM or SIGINT, then shut down gracefully. Returns the exit status."""
+    server = SdcoreServer(config, pipelines)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait({stopper, server.loaded}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if server.loaded.done() and server.loaded.exception() is not None:
+        error = server.loaded.exception()
+        log.error("cannot load the model", extra={"error": f"{type(error).__name__}: {error}"})
+        status = 1
+    elif not stop.is_set():
+        await stopper
+    stopper.cancel()
+    await server.stop(0 if status else config.grace_period)
+    return status
+
+
+def build_parser(parser=None):
+    parser = parser or argparse.ArgumentParser(
+        prog="sdcore serve", description="Serve text-to-image generation over gRPC"
+    )
+    return config_mod.add_arguments(parser)
+
+
+def run(args, prog="sdcore serve"):
+    """Start from parsed flags; a bad configuration is reported and gives exit status 2."""
+    try:
+        cfg = config_mod.from_args(args)
+    except config_mod.ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.log_level, cfg.log_json)
+    return asyncio.run(serve(cfg))
+
+
+def main(argv=None):
+    parser = build_parser(
+        argparse.ArgumentParser(
+            prog="python -m service", description="Serve text-to-image generation over gRPC"
+        )
+    )
+    return run(parser.parse_args(argv), prog="python -m service")
