@@ -1,0 +1,865 @@
+#!/usr/bin/env python3
+"""Train the default model shipped with sdcore: a small Stable Diffusion 1.x model of shapes.
+
+The model has the SD 1.x architecture at a small size: a CLIP text encoder (``CLIPTextModel``,
+the full 49408-token CLIP BPE vocabulary so the standard tokenizer works), a
+``UNet2DConditionModel`` with cross-attention, and an ``AutoencoderKL`` with a downsampling factor
+of 8 and 4 latent channels. It learns from ``tools/make_shapes_dataset.py``: 128x128 images of
+coloured shapes with captions; the held-out (colour, shape, background) triples never occur.
+
+Stages:
+
+1. data: images and token ids are drawn by a pool of worker processes while training runs;
+2. the autoencoder: L1 reconstruction + an L1 term on image gradients (keeps edges sharp) + a
+   small KL term; then ``scaling_factor`` = 1 / std of the latents of a data sample;
+3. the text encoder and the UNet, trained together on the frozen autoencoder's latents:
+   epsilon prediction, the DDPM schedule of SD 1.x (scaled_linear 0.00085..0.012, 1000 steps),
+   10% of captions replaced by the empty prompt (for classifier-free guidance), min-SNR loss
+   weighting, a little offset noise (so flat backgrounds of any brightness are reachable), AdamW,
+   bf16 autocast on a GPU and an exponential moving average of the weights, which is what is
+   saved;
+4. output: a diffusers folder (``unet/``, ``vae/``, ``text_encoder/`` in float16 safetensors,
+   ``tokenizer/``, ``scheduler/``, ``model_index.json``), ``training_log.json``, sample images
+   drawn with diffusers' ``StableDiffusionPipeline`` loaded back from the folder, and the scores
+   of ``tools/eval_default_model.py`` on held-out prompts.
+
+Each stage stops at its step count or at its share of ``--time-budget-min``, whichever comes
+first; the learning rate decays with whichever of the two is further along, so a stage cut short
+by time still ends at a low learning rate.
+
+Usage::
+
+    python tools/train_default_model.py --out /tmp/model                 # GPU, about 8.5 min
+    python tools/train_default_model.py --smoke --device cpu --out /tmp/smoke_model
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import importlib.util
+import json
+import math
+import mmap
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import make_shapes_dataset as ds  # noqa: E402
+
+
+def _load_tokenizer_module():
+    """sdcore/tokenizer.py by path: it needs only the standard library, not the extension."""
+    spec = importlib.util.spec_from_file_location(
+        "sdcore_tokenizer", os.path.join(ROOT, "sdcore", "tokenizer.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tk = _load_tokenizer_module()
+
+MAX_TOKENS = 77
+VOCAB_SIZE = 49408
+IMAGE_SIZE = 128
+
+# ---- configurations ----
+
+# Sizes in float16: text encoder 13.9 MB (of which 12.6 MB is the token embedding), UNet 17.5 MB,
+# autoencoder 6.8 MB: 38.2 MB of weights, 39.7 MB with the tokenizer files, under the 40 MB that
+# the package allows for the model.
+GPU_CONFIG = {
+    "images": 200_000,
+    "vae_blocks": (32, 64, 96, 128),
+    "vae_groups": 32,
+    "text_hidden": 128,
+    "text_layers": 3,
+    "text_heads": 2,
+    "unet_blocks": (64, 128, 128),
+    "unet_layers": 2,
+    "unet_heads": 4,
+    "unet_groups": 32,
+    "vae_batch": 64,
+    "vae_steps": 20_000,
+    "vae_lr": 1e-3,
+    "unet_batch": 256,
+    "unet_steps": 50_000,
+    "unet_lr": 5e-4,
+    "vae_time_share": 0.25,  # of the time budget
+    "reserve_s": 45.0,  # kept at the end for saving, samples and the held-out evaluation
+    "sample_steps": 20,
+    "eval_prompts": 100,
+    "log_every": 50,
+}
+
+SMOKE_CONFIG = {
+    **GPU_CONFIG,
+    "images": 256,
+    "vae_blocks": (8, 8, 16, 16),
+    "vae_groups": 4,
+    "text_hidden": 32,
+    "text_layers": 1,
+    "text_heads": 1,
+    "unet_blocks": (16, 16, 32),
+    "unet_layers": 1,
+    "unet_heads": 2,
+    "unet_groups": 8,
+    "vae_batch": 4,
+    "vae_steps": 6,
+    "unet_batch": 8,
+    "unet_steps": 6,
+    "reserve_s": 0.0,
+    "sample_steps": 3,
+    "eval_prompts": 4,
+    "log_every": 2,
+}
+
+# Prompts drawn into samples/ after training: the vocabulary of the data, and two held-out
+# triples (never seen in training) at the end.
+SAMPLE_PROMPTS = [
+    "a red circle",
+    "a blue square on a yellow background",
+    "a green triangle on a white background",
+    "a purple star",
+    "a yellow heart on a black background",
+    "an orange ring in the top left corner",
+    "a small cyan cross on the right",
+    "a large pink diamond, gray background",
+    "a brown hexagon at the bottom",
+    "a red circle and a blue square",
+]
+
+# ---- data ----
+
+_worker_tok = None
+# The arrays that the workers fill: anonymous shared memory mapped before the pool forks, so the
+# images never go through a pipe (200k images are about 10 GB).
+_shared: dict = {}
+
+
+def _worker_tokenizer():
+    global _worker_tok
+    if _worker_tok is None:
+        _worker_tok = tk.default_tokenizer()
+    return _worker_tok
+
+
+def _draw_chunk(task):
+    seed, start, stop, size = task
+    tok = _worker_tokenizer()
+    images, ids = _shared["images"], _shared["ids"]
+    for i in range(start, stop):
+        image, caption, _ = ds.sample(seed, i, size)
+        images[i] = image
+        ids[i] = tok(caption)
+    return start, stop
+
+
+def _shared_array(shape, dtype):
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(1, n)), dtype=dtype, count=int(np.prod(shape))).reshape(
+        shape
+    )
+
+
+class ShapesData:
+    """Images ``(N, H, W, 3) uint8`` and token ids ``(N, 77) int32``, filled in index order by a
+    process pool in the background; ``ready`` samples at the front are complete."""
+
+    def __init__(self, count: int, seed: int, size: int, workers: int, chunk: int = 512):
+        self.count = count
+        self.ready = 0
+        self.error: BaseException | None = None
+        self.t0 = time.perf_counter()
+        self.seconds = None
+        tasks = [(seed, s, min(count, s + chunk), size) for s in range(0, count, chunk)]
+        if "fork" in mp.get_all_start_methods() and workers > 0:
+            self.images = _shared_array((count, size, size, 3), np.uint8)
+            self.ids = _shared_array((count, MAX_TOKENS), np.int32)
+            _shared.update(images=self.images, ids=self.ids)
+            # fork before any CUDA or torch thread exists in this process
+            self._pool = mp.get_context("fork").Pool(workers)
+            results = self._pool.imap(_draw_chunk, tasks)
+        else:  # no fork: draw in a thread of this process
+            self.images = np.empty((count, size, size, 3), np.uint8)
+            self.ids = np.empty((count, MAX_TOKENS), np.int32)
+            _shared.update(images=self.images, ids=self.ids)
+            self._pool = None
+            results = map(_draw_chunk, tasks)
+        self._thread = threading.Thread(target=self._fill, args=(results,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, results):
+        try:
+            for _start, stop in results:  # in index order
+                self.ready = stop
+            self.seconds = time.perf_counter() - self.t0
+        except BaseException as e:  # shown to the training thread by wait()
+            self.error = e
+        finally:
+            if self._pool is not None:
+                self._pool.close()
+
+    def wait(self, n: int) -> None:
+        """Block until at least ``n`` samples are ready."""
+        n = min(n, self.count)
+        while self.ready < n:
+            if self.error is not None:
+                raise RuntimeError(f"drawing the data failed: {self.error!r}") from self.error
+            if not self._thread.is_alive() and self.ready < n:
+                raise RuntimeError("the data workers stopped early")
+            time.sleep(0.05)
+
+    def close(self):
+        self.wait(self.count)
+        self._thread.join()
+        if self._pool is not None:
+            self._pool.join()
+
+
+# ---- models ----
+
+
+def make_models(cfg):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(cfg["vae_blocks"]),
+        up_block_types=("UpDecoderBlock2D",) * len(cfg["vae_blocks"]),
+        block_out_channels=tuple(cfg["vae_blocks"]),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=cfg["vae_groups"],
+        sample_size=IMAGE_SIZE,
+    )
+    h = cfg["text_hidden"]
+    # special-token ids as in the SD 1.x text encoder config (eos 2: pooled output at the
+    # highest id, which is CLIP's <|endoftext|>)
+    text_config = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=h,
+        intermediate_size=4 * h,
+        projection_dim=h,
+        num_hidden_layers=cfg["text_layers"],
+        num_attention_heads=cfg["text_heads"],
+        max_position_embeddings=MAX_TOKENS,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    factor = 2 ** (len(cfg["vae_blocks"]) - 1)
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // factor,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(cfg["unet_blocks"]),
+        layers_per_block=cfg["unet_layers"],
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=h,
+        attention_head_dim=cfg["unet_heads"],  # SD 1.x meaning: the number of heads
+        norm_num_groups=cfg["unet_groups"],
+    )
+    return vae, text_encoder, unet
+
+
+def count_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def lr_factor(progress: float, step: int, warmup: int) -> float:
+    """Linear warm-up, then a cosine decay to 10% at ``progress`` 1."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    p = min(1.0, max(0.0, progress))
+    return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+class Stage:
+    """Steps and time of one training stage; ``progress`` is the further along of the two."""
+
+    def __init__(self, name: str, steps: int, seconds: float, log_every: int):
+        self.name, self.steps, self.seconds, self.log_every = name, steps, seconds, log_every
+        self.t0 = time.perf_counter()
+        self.step = 0
+        self.history: list[dict] = []
+        self._acc, self._n = 0.0, 0
+        self.stopped_by = "steps"
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def progress(self) -> float:
+        return max(self.step / max(1, self.steps), self.elapsed() / max(1e-9, self.seconds))
+
+    def running(self) -> bool:
+        if self.step >= self.steps:
+            self.stopped_by = "steps"
+            return False
+        if self.step > 0 and self.elapsed() >= self.seconds:
+            self.stopped_by = "time"
+            return False
+        return True
+
+    def record(self, loss, lr: float, t_run: float, **extra) -> None:
+        """Count a step; ``loss`` may be a device tensor, read only when a line is logged (so
+        the GPU is not waited for at every step)."""
+        self._acc = self._acc + loss
+        self._n += 1
+        self.step += 1
+        if self.step % self.log_every == 0 or self.step == self.steps:
+            mean = float(self._acc) / self._n
+            el = self.elapsed()
+            row = {"step": self.step, "loss": round(mean, 6), "lr": lr, "elapsed_s": round(el, 1)}
+            row.update({k: round(v, 6) for k, v in extra.items()})
+            self.history.append(row)
+            extras = "".join(f" {k} {v:.4f}" for k, v in extra.items())
+            print(
+                f"[{self.name}] step {self.step} loss {mean:.5f}{extras} lr {lr:.2e} "
+                f"{self.step / max(el, 1e-9):.1f} it/s elapsed {el:.0f}s total {t_run:.0f}s",
+                flush=True,
+            )
+            self._acc, self._n = 0.0, 0
+
+    def summary(self) -> dict:
+        return {
+            "steps": self.step,
+            "seconds": round(self.elapsed(), 1),
+            "stopped_by": self.stopped_by,
+            "history": self.history,
+        }
+
+
+class DeviceImages:
+    """The images on the training device, uploaded in pieces as the workers finish them, so that
+    a training step never copies from host memory (a copy from pageable memory would make the
+    host wait for the GPU at every step). On the CPU it is the host array itself."""
+
+    def __init__(self, data: ShapesData, device):
+        import torch
+
+        self.data, self.device, self.n = data, device, 0
+        if str(device).startswith("cuda"):
+            self.tensor = torch.empty(data.images.shape, dtype=torch.uint8, device=device)
+        else:
+            self.tensor = torch.from_numpy(data.images)
+
+    def sync(self, most: int = 16384) -> int:
+        """Upload up to ``most`` newly drawn images; returns how many are on the device."""
+        import torch
+
+        ready = self.data.ready
+        if self.tensor.device.type == "cpu":
+            self.n = ready
+        elif ready > self.n:
+            stop = min(ready, self.n + most)
+            self.tensor[self.n : stop].copy_(torch.from_numpy(self.data.images[self.n : stop]))
+            self.n = stop
+        return self.n
+
+    def pixels(self, index):
+        """Images ``index`` (a tensor of indices or a slice) as ``(B, 3, H, W)`` in [-1, 1]."""
+        x = self.tensor[index]
+        return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def train_vae(vae, images: DeviceImages, cfg, args, device, autocast, t_start):
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(args.seed + 1)
+    vae.to(device).train()
+    fused = {"fused": True} if str(device).startswith("cuda") else {}
+    opt = torch.optim.AdamW(
+        vae.parameters(), lr=cfg["vae_lr"], betas=(0.9, 0.99), weight_decay=0, **fused
+    )
+    seconds = cfg["vae_time_share"] * args.time_budget_min * 60.0
+    stage = Stage("vae", cfg["vae_steps"], seconds, cfg["log_every"])
+    batch = cfg["vae_batch"]
+    images.data.wait(min(images.data.count, 8 * batch))
+    latent_elems = None
+    while stage.running():
+        n = images.sync()
+        idx = torch.randint(0, n, (batch,), device=device, generator=gen)
+        x = images.pixels(idx)  # (B, 3, H, W)
+        with autocast():
+            post = vae.encode(x).latent_dist
+        mean, logvar = post.mean.float(), post.logvar.float()  # (B, 4, h, w)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, device=device, generator=gen)
+        with autocast():
+            rec = vae.decode(z).sample
+        rec = rec.float()
+        l1 = (rec - x).abs().mean()
+        # edges: differences of neighbouring pixels must match too
+        gx = ((rec[..., 1:] - rec[..., :-1]) - (x[..., 1:] - x[..., :-1])).abs().mean()
+        gy = ((rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean()
+        latent_elems = mean[0].numel()
+        kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
+        loss = l1 + 0.5 * (gx + gy) + args.kl_weight * kl
+        lr = cfg["vae_lr"] * lr_factor(stage.progress(), stage.step, 100)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        log_now = (stage.step + 1) % stage.log_every == 0
+        stage.record(
+            loss.detach(),
+            lr,
+            time.perf_counter() - t_start,
+            **({"l1": l1.item(), "kl": kl.item()} if log_now else {}),
+        )
+    vae.eval()
+    out = stage.summary()
+    out["latent_elements"] = latent_elems
+    return out
+
+
+def encode_latents(vae, images: DeviceImages, autocast, batch=512):
+    """Posterior mean and std of every image, (N, 4, h, w) float32 on the images' device."""
+    import torch
+
+    images.data.close()
+    while images.sync() < images.data.count:
+        pass
+    means, stds = [], []
+    with torch.no_grad():
+        for s in range(0, images.data.count, batch):
+            x = images.pixels(slice(s, s + batch))
+            with autocast():
+                post = vae.encode(x).latent_dist
+            means.append(post.mean.float())
+            stds.append(post.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_unet(text_encoder, unet, latents, ids, cfg, args, device, autocast, t_start, deadline):
+    import torch
+
+    mean, std = latents
+    n = mean.shape[0]
+    ids = torch.from_numpy(ids).to(device)
+    empty = torch.tensor(tk.default_tokenizer()(""), dtype=torch.int32, device=device)
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, 0).to(device)
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    loss_weight = (torch.clamp(snr, max=args.snr_gamma) / snr).float()
+    sqrt_ac = alphas_cumprod.sqrt().float()
+    sqrt_1mac = (1.0 - alphas_cumprod).sqrt().float()
+    sf = args.scaling_factor
+
+    text_encoder.to(device).train()
+    unet.to(device).train()
+    models = [text_encoder, unet]
+    params = [p for m in models for p in m.parameters()]
+    decay = [p for p in params if p.ndim >= 2 and p.shape[0] != VOCAB_SIZE]
+    no_decay = [p for p in params if not (p.ndim >= 2 and p.shape[0] != VOCAB_SIZE)]
+    fused = {"fused": True} if str(device).startswith("cuda") else {}
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["unet_lr"],
+        betas=(0.9, 0.99),
+        **fused,
+    )
+    ema = [p.detach().clone().float() for p in params]
+    seconds = max(1.0, deadline - time.perf_counter())
+    stage = Stage("unet", cfg["unet_steps"], seconds, cfg["log_every"])
+    batch = cfg["unet_batch"]
+    gen = torch.Generator(device=device).manual_seed(args.seed + 2)
+    while stage.running():
+        idx = torch.randint(0, n, (batch,), device=device, generator=gen)
+        mu = mean[idx]
+        x0 = (mu + std[idx] * torch.randn(mu.shape, device=device, generator=gen)) * sf
+        tok = ids[idx]
+        drop = torch.rand(batch, device=device, generator=gen) < args.caption_dropout
+        tok = torch.where(drop[:, None], empty[None], tok).long()  # (B, 77)
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        if args.noise_offset > 0:
+            offset = torch.randn(batch, x0.shape[1], 1, 1, device=device, generator=gen)
+            noise = noise + args.noise_offset * offset
+        t = torch.randint(0, 1000, (batch,), device=device, generator=gen)
+        xt = sqrt_ac[t].view(-1, 1, 1, 1) * x0 + sqrt_1mac[t].view(-1, 1, 1, 1) * noise
+        with autocast():
+            context = text_encoder(tok).last_hidden_state  # (B, 77, hidden)
+            pred = unet(xt, t, encoder_hidden_states=context).sample  # (B, 4, h, w)
+        per_sample = (pred.float() - noise).square().mean(dim=(1, 2, 3))
+        loss = (per_sample * loss_weight[t]).mean()
+        lr = cfg["unet_lr"] * lr_factor(stage.progress(), stage.step, 250)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        d = min(args.ema_decay, (1.0 + stage.step) / (10.0 + stage.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - d)
+        log_now = (stage.step + 1) % stage.log_every == 0
+        stage.record(
+            loss.detach(),
+            lr,
+            time.perf_counter() - t_start,
+            **({"mse": per_sample.mean().item()} if log_now else {}),
+        )
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e.to(p.dtype))
+    text_encoder.eval()
+    unet.eval()
+    return stage.summary()
+
+
+# ---- output ----
+
+
+def _added_token(content):
+    return {
+        "content": content,
+        "lstrip": False,
+        "normalized": True,
+        "rstrip": False,
+        "single_word": False,
+    }
+
+
+# as in the tokenizer/ folder of SD 1.x models
+SD1_TOKENIZER_CONFIG = {
+    "add_prefix_space": False,
+    "bos_token": {"__type": "AddedToken", **_added_token("<|startoftext|>")},
+    "do_lower_case": True,
+    "eos_token": {"__type": "AddedToken", **_added_token("<|endoftext|>")},
+    "errors": "replace",
+    "model_max_length": MAX_TOKENS,
+    "pad_token": "<|endoftext|>",
+    "tokenizer_class": "CLIPTokenizer",
+    "unk_token": {"__type": "AddedToken", **_added_token("<|endoftext|>")},
+}
+SD1_SPECIAL_TOKENS_MAP = {
+    "bos_token": _added_token("<|startoftext|>"),
+    "eos_token": _added_token("<|endoftext|>"),
+    "pad_token": "<|endoftext|>",
+    "unk_token": _added_token("<|endoftext|>"),
+}
+
+
+def write_tokenizer(folder: str) -> None:
+    """vocab.json and merges.txt of the CLIP vocabulary, from the BPE file shipped in sdcore."""
+    os.makedirs(folder, exist_ok=True)
+    tok = tk.default_tokenizer()
+    if len(tok.vocab) != VOCAB_SIZE:
+        raise RuntimeError(f"the CLIP vocabulary has {len(tok.vocab)} tokens, not {VOCAB_SIZE}")
+    with gzip.open(tk.DEFAULT_BPE_FILE, "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1 : tk.CLIP_NUM_MERGES + 1]
+    vocab = dict(sorted(tok.vocab.items(), key=lambda kv: kv[1]))
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(SD1_TOKENIZER_CONFIG, f, indent=2)
+    with open(os.path.join(folder, "special_tokens_map.json"), "w", encoding="utf-8") as f:
+        json.dump(SD1_SPECIAL_TOKENS_MAP, f, indent=2)
+
+
+def save_model(out: str, vae, text_encoder, unet) -> dict:
+    """The diffusers folder, float16 safetensors; returns the bytes of each part."""
+    import diffusers
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    os.makedirs(out, exist_ok=True)
+    for name, model in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet)):
+        folder = os.path.join(out, name)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        half = copy.deepcopy(model).to("cpu", torch.float16)
+        half.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(os.path.join(out, "tokenizer"))
+    scheduler = EulerAncestralDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    scheduler.save_pretrained(os.path.join(out, "scheduler"))
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    with open(os.path.join(out, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    sizes = {}
+    for name in ("vae", "text_encoder", "unet", "tokenizer", "scheduler"):
+        folder = os.path.join(out, name)
+        sizes[name] = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    sizes["total"] = sum(sizes.values()) + os.path.getsize(os.path.join(out, "model_index.json"))
+    return sizes
+
+
+def load_pipeline(out: str, device: str):
+    """diffusers' StableDiffusionPipeline read back from the folder (float32: the parts are
+    small, and this checks the saved files rather than the objects in memory)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        out, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")[:60]
+
+
+def write_samples(pipe, out: str, prompts: list[str], steps: int, guidance: float) -> list[dict]:
+    import torch
+
+    folder = os.path.join(out, "samples")
+    os.makedirs(folder, exist_ok=True)
+    generators = [torch.Generator("cpu").manual_seed(i) for i in range(len(prompts))]
+    images = pipe(
+        prompts,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=IMAGE_SIZE,
+        width=IMAGE_SIZE,
+        generator=generators,
+        output_type="np",
+    ).images
+    images = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+    rows = []
+    for i, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
+        name = f"{i:02d}_{_slug(prompt)}.png"
+        ds.write_png(os.path.join(folder, name), image)
+        rows.append({"file": name, "prompt": prompt, "seed": i})
+    # one picture of all samples, 5 to a row
+    cols, gap, s = 5, 4, IMAGE_SIZE
+    nrows = -(-len(images) // cols)
+    grid = np.full((nrows * (s + gap) + gap, cols * (s + gap) + gap, 3), 60, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[gap + r * (s + gap) : gap + r * (s + gap) + s, gap + c * (s + gap) :][:, :s] = image
+    ds.write_png(os.path.join(folder, "grid.png"), grid)
+    meta = {"steps": steps, "guidance_scale": guidance, "size": IMAGE_SIZE, "samples": rows}
+    with open(os.path.join(folder, "prompts.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    return rows
+
+
+# ---- main ----
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (diffusers layout)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--smoke", action="store_true", help="tiny models and a few steps (CPU check)")
+    p.add_argument("--images", type=int, help="number of training images")
+    p.add_argument("--vae-steps", type=int, help="autoencoder steps (at most)")
+    p.add_argument("--unet-steps", type=int, help="text encoder + UNet steps (at most)")
+    p.add_argument("--batch", type=int, help="text encoder + UNet batch size")
+    p.add_argument("--vae-batch", type=int, help="autoencoder batch size")
+    p.add_argument("--lr", type=float, help="text encoder + UNet peak learning rate")
+    p.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=8.5,
+        help="wall-clock minutes for the whole run, data to samples (default 8.5)",
+    )
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--seed", type=int, default=0, help="dataset and training seed")
+    p.add_argument("--kl-weight", type=float, default=1e-4, help="KL term (per latent element)")
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--noise-offset", type=float, default=0.05)
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--guidance", type=float, default=5.0, help="guidance scale of the samples")
+    p.add_argument("--eval-prompts", type=int, help="held-out prompts scored at the end (0: none)")
+    p.add_argument("--no-samples", action="store_true", help="skip samples and evaluation")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    t_start = time.perf_counter()
+    args = parse_args(argv)
+    cfg = dict(SMOKE_CONFIG if args.smoke else GPU_CONFIG)
+    for key, value in (
+        ("images", args.images),
+        ("vae_steps", args.vae_steps),
+        ("unet_steps", args.unet_steps),
+        ("unet_batch", args.batch),
+        ("vae_batch", args.vae_batch),
+        ("unet_lr", args.lr),
+        ("eval_prompts", args.eval_prompts),
+    ):
+        if value is not None:
+            cfg[key] = value
+    if cfg["images"] < 1:
+        raise SystemExit("--images must be at least 1")
+    deadline = t_start + args.time_budget_min * 60.0
+
+    # the workers fork now, before torch starts any thread
+    data = ShapesData(cfg["images"], args.seed, IMAGE_SIZE, args.workers)
+
+    import diffusers
+    import torch
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available to PyTorch")
+    torch.manual_seed(args.seed)
+    gpu_name = None
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        gpu_name = torch.cuda.get_device_name(device)
+
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+
+        def autocast():
+            return torch.autocast("cpu", enabled=False)
+
+    vae, text_encoder, unet = make_models(cfg)
+    params = {
+        "vae": count_params(vae),
+        "text_encoder": count_params(text_encoder),
+        "unet": count_params(unet),
+    }
+    params["total"] = sum(params.values())
+    print(
+        f"device {device} ({gpu_name or 'cpu'}); parameters: "
+        + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items())
+        + f" = {2 * params['total'] / 1e6:.1f} MB in float16; {cfg['images']} images",
+        flush=True,
+    )
+
+    log = {
+        "device": device,
+        "gpu": gpu_name,
+        "torch": torch.__version__,
+        "config": cfg,
+        "args": vars(args),
+        "parameters": params,
+    }
+
+    # stage 1: the autoencoder
+    images = DeviceImages(data, device)
+    log["vae"] = train_vae(vae, images, cfg, args, device, autocast, t_start)
+    t = time.perf_counter()
+    mean, std = encode_latents(vae, images, autocast)
+    del images
+    log["data"] = {"images": data.count, "seconds": round(data.seconds or 0.0, 1)}
+    gen = torch.Generator(device=device).manual_seed(args.seed + 3)
+    k = min(mean.shape[0], 20_000)
+    sample = mean[:k] + std[:k] * torch.randn(mean[:k].shape, device=device, generator=gen)
+    args.scaling_factor = float(1.0 / sample.std())
+    vae.register_to_config(scaling_factor=args.scaling_factor)
+    log["latents"] = {
+        "seconds": round(time.perf_counter() - t, 1),
+        "scaling_factor": args.scaling_factor,
+        "mean": float(sample.mean()),
+        "channel_means_scaled": [
+            float(v) for v in (sample.mean(dim=(0, 2, 3)) * args.scaling_factor).tolist()
+        ],
+        "posterior_std_mean": float(std[:k].mean()),
+    }
+    print(
+        f"latents of {mean.shape[0]} images in {log['latents']['seconds']}s: "
+        f"scaling_factor {args.scaling_factor:.4f}, "
+        f"posterior std {log['latents']['posterior_std_mean']:.4f}",
+        flush=True,
+    )
+
+    # stage 2: the text encoder and the UNet
+    vae.to("cpu")
+    unet_deadline = deadline - cfg["reserve_s"]
+    log["unet"] = train_unet(
+        text_encoder,
+        unet,
+        (mean, std),
+        data.ids,
+        cfg,
+        args,
+        device,
+        autocast,
+        t_start,
+        unet_deadline,
+    )
+    del mean, std
+
+    sizes = save_model(args.out, vae, text_encoder, unet)
+    log["bytes"] = sizes
+    print(
+        "saved " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()) + f" to {args.out}",
+        flush=True,
+    )
+
+    if not args.no_samples:
+        t = time.perf_counter()
+        pipe = load_pipeline(args.out, device)
+        held = [item["prompt"] for item in ds.held_out_prompts(2, seed=args.seed)]
+        prompts = SAMPLE_PROMPTS + held
+        log["samples"] = write_samples(pipe, args.out, prompts, cfg["sample_steps"], args.guidance)
+        print(f"samples: {len(prompts)} images in {args.out}/samples", flush=True)
+        if cfg["eval_prompts"] > 0:
+            import eval_default_model as ev
+
+            result = ev.evaluate_diffusers(
+                pipe,
+                ev.held_out_items(cfg["eval_prompts"], seed=0),
+                steps=cfg["sample_steps"],
+                guidance=args.guidance,
+            )
+            log["eval"] = ev.summary(result)
+            print(ev.format_summary(log["eval"]), flush=True)
+        log["samples_seconds"] = round(time.perf_counter() - t, 1)
+
+    log["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    with open(os.path.join(args.out, "training_log.json"), "w") as f:
+        json.dump(log, f, indent=1)
+    print(
+        f"done in {log['total_seconds']}s: vae {log['vae']['steps']} steps, "
+        f"unet {log['unet']['steps']} steps; model {sizes['total'] / 1e6:.2f} MB",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
