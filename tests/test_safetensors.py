@@ -335,6 +335,10 @@ def test_io_errors(tmp_path):
     assert "missing.safetensors" in str(info.value)
     with pytest.raises(IsADirectoryError):
         Weights.open(str(tmp_path))
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="fifo.safetensors"):
+        Weights.open(str(fifo))  # refused, not waiting for a writer
     with pytest.raises(ValueError):
         Weights.open("a\x00b")
     with pytest.raises(TypeError):

@@ -244,7 +244,9 @@ static sd_status io_error(const char *path, const char *what, int *os_error) {
 
 /* Map the whole file read-only; *size is its length. */
 static sd_status map_file(const char *path, void **map, size_t *size, int *os_error) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is then refused as
+     * not a regular file (reads of regular files ignore the flag) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return io_error(path, "open the file", os_error);
     struct stat st;
