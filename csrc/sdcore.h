@@ -62,7 +62,7 @@ typedef struct {
     void *data;                  /* host pointer (SD_CPU) or device pointer (SD_CUDA) */
     sd_dtype dtype;
     sd_device device;
-    int ndim;                    /* 1..SD_MAX_DIMS */
+    int ndim;                    /* 1..SD_MAX_DIMS (0: a scalar read from a file) */
     int64_t shape[SD_MAX_DIMS];  /* dims past ndim are 1 */
 } sd_tensor;
 
@@ -105,6 +105,13 @@ const char *sd_weights_name(const sd_weights *w, int64_t i);
 const sd_tensor *sd_weights_at(const sd_weights *w, int64_t i);
 /* The tensor called `name`, or NULL. */
 const sd_tensor *sd_weights_find(const sd_weights *w, const char *name);
+/* Text metadata carried with the set (a safetensors file's __metadata__): key and
+ * value are copied; keys are kept in the order added and are the caller's to keep
+ * distinct. */
+sd_status sd_weights_add_metadata(sd_weights *w, const char *key, const char *value);
+int64_t sd_weights_metadata_count(const sd_weights *w);
+const char *sd_weights_metadata_key(const sd_weights *w, int64_t i);
+const char *sd_weights_metadata_value(const sd_weights *w, int64_t i);
 /* The tensor called `name` with exactly this shape (ndim dims), or an error that names
  * it: missing, or its shape against the expected one. */
 sd_status sd_weights_require(const sd_weights *w, const char *name, int ndim,

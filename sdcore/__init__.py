@@ -56,12 +56,15 @@ __all__ = [
     "CancelledError",
     "DeviceError",
     "FormatError",
+    "Model",
     "SdcoreError",
     "UnsupportedError",
     "cuda_available",
     "cuda_devices",
+    "load_model",
     "ops",
     "samplers",
 ]
 
 from sdcore import ops, samplers  # noqa: E402
+from sdcore.checkpoint import Model, load_model  # noqa: E402

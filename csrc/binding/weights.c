@@ -5,7 +5,10 @@
  * tensors are handed to the text encoder, UNet and VAE under the names they expect. */
 #include "binding.h"
 
+#include <errno.h>
 #include <string.h>
+
+#include "io/safetensors.h"
 
 typedef struct {
     PyObject_HEAD
@@ -92,7 +95,120 @@ fail:
     return NULL;
 }
 
-/* subset({new_name: old_name}) -> Weights sharing this one's memory */
+/* Weights.open(path, *, skip_unsupported=False) -- a safetensors file, mmapped. */
+static PyObject *weights_open(PyObject *cls, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"path", "skip_unsupported", NULL};
+    PyObject *path_bytes = NULL;
+    int skip = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|$p:open", kwlist, PyUnicode_FSConverter,
+                                     &path_bytes, &skip))
+        return NULL;
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    sd_safetensors_options options = {.skip_unsupported = skip};
+    sd_weights *w = NULL;
+    int os_error = 0;
+    sd_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sd_safetensors_open_ex(path, &options, &w, &os_error);
+    Py_END_ALLOW_THREADS
+    if (s != SD_OK) {
+        if (s == SD_ERR_IO && os_error) {
+            /* OSError(errno, ...) becomes FileNotFoundError, PermissionError, ... */
+            PyObject *name = PyUnicode_DecodeFSDefault(path);
+            if (name) {
+                errno = os_error;
+                PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+                Py_DECREF(name);
+            }
+        } else {
+            sd_raise(s);
+        }
+        Py_DECREF(path_bytes);
+        return NULL;
+    }
+    Py_DECREF(path_bytes);
+    return weights_wrap((PyTypeObject *)cls, w, NULL);
+}
+
+/* metadata() -> {str: str}: the file's __metadata__ ({} when it had none) */
+static PyObject *weights_metadata(WeightsObject *self, PyObject *noargs) {
+    (void)noargs;
+    PyObject *dict = PyDict_New();
+    if (!dict)
+        return NULL;
+    for (int64_t i = 0; i < sd_weights_metadata_count(self->weights); i++) {
+        PyObject *value = PyUnicode_FromString(sd_weights_metadata_value(self->weights, i));
+        if (!value || PyDict_SetItemString(dict, sd_weights_metadata_key(self->weights, i),
+                                           value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(dict);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return dict;
+}
+
+/* A subset entry's target: "old_name", or ("old_name", new_shape) for a view of the
+ * same elements under another shape (a (C, C, 1, 1) 1x1 conv read as a (C, C) matrix). */
+static const sd_tensor *subset_source(WeightsObject *self, PyObject *value, const char *new_name,
+                                      sd_tensor *view) {
+    PyObject *shape_obj = NULL;
+    PyObject *old_obj = value;
+    if (PyTuple_Check(value)) {
+        if (PyTuple_GET_SIZE(value) != 2) {
+            PyErr_Format(PyExc_TypeError,
+                         "Weights.subset: '%s' must map to an old name or (old name, shape)",
+                         new_name);
+            return NULL;
+        }
+        old_obj = PyTuple_GET_ITEM(value, 0);
+        shape_obj = PyTuple_GET_ITEM(value, 1);
+    }
+    const char *old_name = PyUnicode_Check(old_obj) ? PyUnicode_AsUTF8(old_obj) : NULL;
+    if (!old_name) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "Weights.subset: names must be str");
+        return NULL;
+    }
+    const sd_tensor *t = sd_weights_find(self->weights, old_name);
+    if (!t) {
+        PyErr_Format(PyExc_KeyError, "tensor '%s' is not in this checkpoint", old_name);
+        return NULL;
+    }
+    *view = *t;
+    if (!shape_obj)
+        return t;
+    PyObject *seq = PySequence_Fast(shape_obj, "Weights.subset: a shape must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t ndim = PySequence_Fast_GET_SIZE(seq);
+    int64_t shape[SD_MAX_DIMS], numel = 1;
+    int ok = ndim >= 1 && ndim <= SD_MAX_DIMS;
+    for (Py_ssize_t i = 0; ok && i < ndim; i++) {
+        long long d = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (d == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        ok = d >= 0 && (d == 0 || numel <= INT64_MAX / d);
+        shape[i] = d;
+        numel *= ok ? d : 1;
+    }
+    Py_DECREF(seq);
+    if (!ok || numel != sd_numel(t)) {
+        char buf[96];
+        PyErr_Format(PyExc_ValueError,
+                     "Weights.subset: '%s' cannot view tensor '%s' of shape %s with the %zd-dim "
+                     "shape given: the element count must stay the same (1 to %d dims)",
+                     new_name, old_name, sd_shape_str(t, buf, sizeof buf), ndim, SD_MAX_DIMS);
+        return NULL;
+    }
+    *view = sd_tensor_view(t->data, t->dtype, t->device, (int)ndim, shape);
+    return t;
+}
+
+/* subset({new_name: old_name or (old_name, shape)}) -> Weights sharing this one's memory */
 static PyObject *weights_subset(WeightsObject *self, PyObject *mapping) {
     if (!PyDict_Check(mapping)) {
         PyErr_SetString(PyExc_TypeError, "Weights.subset: expected a dict of new -> old name");
@@ -105,18 +221,23 @@ static PyObject *weights_subset(WeightsObject *self, PyObject *mapping) {
         return sd_raise(SD_ERR_NOMEM);
     while (PyDict_Next(mapping, &pos, &key, &value)) {
         const char *new_name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
-        const char *old_name = PyUnicode_Check(value) ? PyUnicode_AsUTF8(value) : NULL;
-        if (!new_name || !old_name) {
+        if (!new_name) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_TypeError, "Weights.subset: names must be str");
             goto fail;
         }
-        const sd_tensor *t = sd_weights_find(self->weights, old_name);
-        if (!t) {
-            PyErr_Format(PyExc_KeyError, "tensor '%s' is not in this checkpoint", old_name);
+        sd_tensor view;
+        if (!subset_source(self, value, new_name, &view))
+            goto fail;
+        sd_status s = sd_weights_add(w, new_name, view);
+        if (s != SD_OK) {
+            sd_raise(s);
             goto fail;
         }
-        sd_status s = sd_weights_add(w, new_name, *t);
+    }
+    for (int64_t i = 0; i < sd_weights_metadata_count(self->weights); i++) {
+        sd_status s = sd_weights_add_metadata(w, sd_weights_metadata_key(self->weights, i),
+                                              sd_weights_metadata_value(self->weights, i));
         if (s != SD_OK) {
             sd_raise(s);
             goto fail;
@@ -207,8 +328,16 @@ static int weights_contains(WeightsObject *self, PyObject *name_obj) {
 static PyMethodDef weights_methods[] = {
     {"from_arrays", (PyCFunction)weights_from_arrays, METH_O | METH_CLASS,
      "from_arrays({name: float32/float16 array}) -> Weights borrowing the arrays"},
+    {"open", (PyCFunction)(void (*)(void))weights_open, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "open(path, *, skip_unsupported=False) -> Weights of a safetensors file (mmapped).\n"
+     "Tensors of dtypes other than F32/F16/BF16 are an error, or left out with "
+     "skip_unsupported."},
     {"subset", (PyCFunction)weights_subset, METH_O,
-     "subset({new_name: old_name}) -> Weights sharing memory with this one"},
+     "subset({new_name: old_name or (old_name, shape)}) -> Weights sharing memory with this "
+     "one;\na shape views the same elements under another shape (same element count). "
+     "The metadata is kept."},
+    {"metadata", (PyCFunction)weights_metadata, METH_NOARGS,
+     "metadata() -> {str: str}: the file's __metadata__ ({} when none)"},
     {"names", (PyCFunction)weights_names, METH_NOARGS, "names() -> sorted list of tensor names"},
     {"info", (PyCFunction)weights_info, METH_O, "info(name) -> (dtype, shape)"},
     {"array", (PyCFunction)weights_array, METH_O, "array(name) -> float32 copy"},

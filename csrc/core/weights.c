@@ -16,11 +16,17 @@ typedef struct {
     void (*release)(void *ptr, size_t size);
 } kept_block;
 
+typedef struct {
+    char *key, *value;
+} metadata_item;
+
 struct sd_weights {
     named_tensor *items;
     int64_t count, cap;
     kept_block *kept;
     int64_t kept_count, kept_cap;
+    metadata_item *meta;
+    int64_t meta_count, meta_cap;
     int sealed;
 };
 
@@ -40,6 +46,11 @@ void sd_weights_free(sd_weights *w) {
     for (int64_t i = 0; i < w->kept_count; i++)
         w->kept[i].release(w->kept[i].ptr, w->kept[i].size);
     free(w->kept);
+    for (int64_t i = 0; i < w->meta_count; i++) {
+        free(w->meta[i].key);
+        free(w->meta[i].value);
+    }
+    free(w->meta);
     free(w);
 }
 
@@ -77,6 +88,29 @@ sd_status sd_weights_keep(sd_weights *w, void *ptr, size_t size,
     }
     w->kept[w->kept_count++] = (kept_block){ptr, size, release};
     return SD_OK;
+}
+
+sd_status sd_weights_add_metadata(sd_weights *w, const char *key, const char *value) {
+    if (!grow((void **)&w->meta, &w->meta_cap, w->meta_count, sizeof(metadata_item)))
+        return sd_fail(SD_ERR_NOMEM, "cannot grow the weight set's metadata");
+    char *k = strdup(key), *v = strdup(value);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return sd_fail(SD_ERR_NOMEM, "cannot copy a metadata entry");
+    }
+    w->meta[w->meta_count++] = (metadata_item){k, v};
+    return SD_OK;
+}
+
+int64_t sd_weights_metadata_count(const sd_weights *w) { return w->meta_count; }
+
+const char *sd_weights_metadata_key(const sd_weights *w, int64_t i) {
+    return i >= 0 && i < w->meta_count ? w->meta[i].key : NULL;
+}
+
+const char *sd_weights_metadata_value(const sd_weights *w, int64_t i) {
+    return i >= 0 && i < w->meta_count ? w->meta[i].value : NULL;
 }
 
 static int by_name(const void *a, const void *b) {
