@@ -61,6 +61,7 @@ __all__ = [
     "cuda_available",
     "cuda_devices",
     "ops",
+    "random",
 ]
 
-from sdcore import ops  # noqa: E402
+from sdcore import ops, random  # noqa: E402

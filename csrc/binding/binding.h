@@ -43,8 +43,12 @@ sd_weights *sd_weights_from_py(PyObject *obj, const char *op, const char *arg);
 /* Wrap (and take ownership of) w; keepalive is referenced for as long as it lives. */
 PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
 
+/* sdcore._C.Generator (rng.c): torch-compatible seeded noise. */
+int sd_rng_type_init(PyObject *module);
+
 /* method tables of each binding file, joined in module.c */
 extern PyMethodDef sd_ops_methods[];
 extern PyMethodDef sd_device_methods[];
+extern PyMethodDef sd_rng_methods[];
 
 #endif

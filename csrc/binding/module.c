@@ -83,7 +83,7 @@ static int module_exec(PyObject *module) {
     PyObject *bases = NULL;
     int rc = -1;
     if (add_methods(module, module_methods) < 0 || add_methods(module, sd_ops_methods) < 0 ||
-        add_methods(module, sd_device_methods) < 0)
+        add_methods(module, sd_device_methods) < 0 || add_methods(module, sd_rng_methods) < 0)
         goto done;
     sd_exc_error = new_exception(module, "SdcoreError", PyExc_RuntimeError,
                                  "Base class of the errors the sdcore engine reports.");
@@ -102,6 +102,8 @@ static int module_exec(PyObject *module) {
     if (!sd_exc_format || !sd_exc_unsupported || !sd_exc_device || !sd_exc_cancelled)
         goto done;
     if (sd_weights_type_init(module) < 0)
+        goto done;
+    if (sd_rng_type_init(module) < 0)
         goto done;
     rc = 0;
 done:
