@@ -309,7 +309,8 @@ static PyObject *py_randn(PyObject *module, PyObject *args, PyObject *kwargs) {
                                      &dtype_obj, &kernel_name))
         return NULL;
     if (parse_shape(shape_obj, "randn", &ndim, dims, &numel) < 0 ||
-        parse_seed(seed_obj, "randn", &seed) < 0 || parse_dtype(dtype_obj, "randn", &type_num) < 0 ||
+        parse_seed(seed_obj, "randn", &seed) < 0 ||
+        parse_dtype(dtype_obj, "randn", &type_num) < 0 ||
         parse_kernel(kernel_name, "randn", &kernel) < 0)
         return NULL;
     sd_rng *rng = PyMem_RawCalloc(1, sizeof *rng);
