@@ -63,8 +63,9 @@ __all__ = [
     "cuda_devices",
     "load_model",
     "ops",
+    "random",
     "samplers",
 ]
 
-from sdcore import ops, samplers  # noqa: E402
+from sdcore import ops, random, samplers  # noqa: E402
 from sdcore.checkpoint import Model, load_model  # noqa: E402

@@ -61,11 +61,14 @@ struct sd_unet;
 /* The model inside a UNet object, its forward lock and backend; NULL with a TypeError. */
 struct sd_unet *sd_unet_from_py(PyObject *obj, PyThread_type_lock *lock, const sd_backend **be);
 int sd_unet_type_init(PyObject *module);
+/* sdcore._C.Generator (rng.c): torch-compatible seeded noise. */
+int sd_rng_type_init(PyObject *module);
 
 /* method tables of each binding file, joined in module.c */
 extern PyMethodDef sd_ops_methods[];
 extern PyMethodDef sd_device_methods[];
 extern PyMethodDef sd_image_methods[];
 extern PyMethodDef sd_sampler_methods[];
+extern PyMethodDef sd_rng_methods[];
 
 #endif

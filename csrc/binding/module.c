@@ -72,6 +72,7 @@ static PyMethodDef *method_tables[] = {
     sd_device_methods,
     sd_image_methods,
     sd_sampler_methods,
+    sd_rng_methods,
     NULL,
 };
 
@@ -82,6 +83,7 @@ static int (*type_inits[])(PyObject *) = {
     sd_unet_type_init,
     sd_clip_type_init,
     sd_vae_type_init,
+    sd_rng_type_init,
     NULL,
 };
 
