@@ -1,5 +1,7 @@
 """The KL autoencoder, built from a diffusers AutoencoderKL config dict and a Weights set."""
 
+import numpy as np
+
 from sdcore import _C
 
 # AutoencoderKL fields that choose an architecture sdcore does not implement: each must
@@ -62,6 +64,25 @@ class VAE:
         """z (B, latent, h, w), already divided by scaling_factor -> (B, 3, h*f, w*f)."""
         return self._model.decode(z)
 
-    def encode(self, image):
-        """image (B, 3, H, W) in [-1, 1] -> the latent distribution's mean (unscaled)."""
-        return self._model.encode(image)
+    def encode(self, image, noise=None):
+        """image (B, 3, H, W) in [-1, 1] -> the latent distribution's mean (unscaled).
+
+        With ``noise`` (float32, the mean's shape, standard normal) it returns a sample
+        ``mean + exp(0.5 * clip(logvar, -30, 20)) * noise`` instead, as diffusers'
+        ``latent_dist.sample(generator)`` draws it from ``randn`` of that generator."""
+        if noise is None:
+            return self._model.encode(image)
+        mean, logvar = self._model.encode_moments(image)
+        noise = np.asarray(noise)
+        if noise.dtype != np.float32 or noise.shape != mean.shape:
+            raise ValueError(
+                f"VAE.encode: noise must be float32 of shape {mean.shape}, "
+                f"got {noise.dtype} {noise.shape}"
+            )
+        std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+        return mean + std * noise
+
+    def encode_moments(self, image):
+        """image (B, 3, H, W) in [-1, 1] -> (mean, logvar) of the latent distribution,
+        each (B, latent, H/f, W/f); logvar as the encoder outputs it (unclamped)."""
+        return self._model.encode_moments(image)

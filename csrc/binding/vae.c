@@ -52,6 +52,11 @@ static PyObject *vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         long c = PyLong_AsLong(PyTuple_GET_ITEM(blocks, i));
         if (c == -1 && PyErr_Occurred())
             return NULL;
+        if (c < 1 || c > (1 << 20)) { /* checked before the cast to int can wrap */
+            PyErr_Format(PyExc_ValueError, "VAE: block_out_channels[%d] must be in 1..%d, got %ld",
+                         i, 1 << 20, c);
+            return NULL;
+        }
         cfg.block_out_channels[i] = (int)c;
     }
     sd_weights *w = sd_weights_from_py(weights_obj, "VAE", "weights");
@@ -92,11 +97,17 @@ static void vae_dealloc(VAEObject *self) {
     Py_DECREF(tp);
 }
 
-typedef sd_status (*vae_fn)(sd_vae *, const sd_tensor *, sd_tensor *);
+/* in -> out (and out2 when the call has a second output, else NULL) */
+typedef sd_status (*vae_fn)(sd_vae *, const sd_tensor *, sd_tensor *, sd_tensor *);
 
-/* Run decode or encode: host input -> backend -> host output. */
+static sd_status run_decode(sd_vae *v, const sd_tensor *z, sd_tensor *image, sd_tensor *unused) {
+    (void)unused;
+    return sd_vae_decode(v, z, image);
+}
+
+/* Run decode or encode: host input -> backend -> host output(s). n_out 2 returns a tuple. */
 static PyObject *vae_run(VAEObject *self, PyObject *arg, const char *op, int in_c, int out_c,
-                         int up, vae_fn fn) {
+                         int up, int n_out, vae_fn fn) {
     sd_tensor in;
     if (sd_array_arg(arg, op, "x", 0, 4, 4, &in) < 0)
         return NULL;
@@ -108,48 +119,68 @@ static PyObject *vae_run(VAEObject *self, PyObject *arg, const char *op, int in_
     }
     npy_intp dims[4] = {in.shape[0], out_c, up ? in.shape[2] * f : in.shape[2] / f,
                         up ? in.shape[3] * f : in.shape[3] / f};
-    PyObject *out = PyArray_SimpleNew(4, dims, NPY_FLOAT32);
-    if (!out)
-        return NULL;
     int64_t oshape[4] = {dims[0], dims[1], dims[2], dims[3]};
-    sd_tensor o = sd_tensor_view(PyArray_DATA((PyArrayObject *)out), SD_F32, SD_CPU, 4, oshape);
+    PyObject *outs[2] = {NULL, NULL};
+    sd_tensor o[2];
+    for (int i = 0; i < n_out; i++) {
+        outs[i] = PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+        if (!outs[i]) {
+            Py_XDECREF(outs[0]);
+            return NULL;
+        }
+        o[i] = sd_tensor_view(PyArray_DATA((PyArrayObject *)outs[i]), SD_F32, SD_CPU, 4, oshape);
+    }
     const sd_backend *be = self->be;
-    sd_status s;
+    sd_status s = SD_OK;
     Py_BEGIN_ALLOW_THREADS;
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
     if (be->device == SD_CPU) {
-        s = fn(self->model, &in, &o);
+        s = fn(self->model, &in, &o[0], n_out > 1 ? &o[1] : NULL);
     } else {
-        sd_tensor din = in, dout = o;
-        din.data = dout.data = NULL;
-        din.device = dout.device = be->device;
+        sd_tensor din = in, dout[2] = {o[0], o[1]};
+        din.data = dout[0].data = dout[1].data = NULL;
+        din.device = dout[0].device = dout[1].device = be->device;
         s = be->alloc(be, &din);
-        if (s == SD_OK && (s = be->alloc(be, &dout)) == SD_OK &&
-            (s = be->upload(be, &din, in.data)) == SD_OK &&
-            (s = fn(self->model, &din, &dout)) == SD_OK)
-            s = be->download(be, o.data, &dout);
+        for (int i = 0; i < n_out && s == SD_OK; i++)
+            s = be->alloc(be, &dout[i]);
+        if (s == SD_OK && (s = be->upload(be, &din, in.data)) == SD_OK)
+            s = fn(self->model, &din, &dout[0], n_out > 1 ? &dout[1] : NULL);
+        for (int i = 0; i < n_out && s == SD_OK; i++)
+            s = be->download(be, o[i].data, &dout[i]);
         if (din.data)
             be->free(be, &din);
-        if (dout.data)
-            be->free(be, &dout);
+        for (int i = 0; i < n_out; i++)
+            if (dout[i].data)
+                be->free(be, &dout[i]);
     }
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS;
     if (s != SD_OK) {
-        Py_DECREF(out);
+        Py_DECREF(outs[0]);
+        Py_XDECREF(outs[1]);
         return sd_raise(s);
     }
-    return out;
+    if (n_out == 1)
+        return outs[0];
+    PyObject *pair = PyTuple_Pack(2, outs[0], outs[1]);
+    Py_DECREF(outs[0]);
+    Py_DECREF(outs[1]);
+    return pair;
 }
 
 static PyObject *vae_decode(VAEObject *self, PyObject *arg) {
-    return vae_run(self, arg, "decode", self->cfg.latent_channels, self->cfg.out_channels, 1,
-                   sd_vae_decode);
+    return vae_run(self, arg, "decode", self->cfg.latent_channels, self->cfg.out_channels, 1, 1,
+                   run_decode);
 }
 
 static PyObject *vae_encode(VAEObject *self, PyObject *arg) {
-    return vae_run(self, arg, "encode", self->cfg.in_channels, self->cfg.latent_channels, 0,
-                   sd_vae_encode);
+    return vae_run(self, arg, "encode", self->cfg.in_channels, self->cfg.latent_channels, 0, 1,
+                   sd_vae_encode_moments);
+}
+
+static PyObject *vae_encode_moments(VAEObject *self, PyObject *arg) {
+    return vae_run(self, arg, "encode_moments", self->cfg.in_channels, self->cfg.latent_channels,
+                   0, 2, sd_vae_encode_moments);
 }
 
 static PyMethodDef vae_methods[] = {
@@ -157,6 +188,9 @@ static PyMethodDef vae_methods[] = {
      "decode(z float32 (B, latent, h, w), already divided by the scaling factor) -> image"},
     {"encode", (PyCFunction)vae_encode, METH_O,
      "encode(image float32 (B, 3, H, W) in [-1, 1]) -> mean (B, latent, H/f, W/f)"},
+    {"encode_moments", (PyCFunction)vae_encode_moments, METH_O,
+     "encode_moments(image float32 (B, 3, H, W) in [-1, 1]) -> (mean, logvar), each "
+     "(B, latent, H/f, W/f); logvar unclamped"},
     {NULL, NULL, 0, NULL},
 };
 

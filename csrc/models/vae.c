@@ -188,12 +188,39 @@ static sd_status check_config(const sd_vae_config *c) {
     return SD_OK;
 }
 
+/* Name the first op the VAE calls that this backend does not provide, rather than
+ * calling through a NULL pointer later. */
+static sd_status check_backend(const sd_backend *be) {
+    const struct {
+        const char *name;
+        int present;
+    } ops[] = {
+        {"conv2d", be->conv2d != NULL},
+        {"group_norm", be->group_norm != NULL},
+        {"linear", be->linear != NULL},
+        {"attention", be->attention != NULL},
+        {"add", be->add != NULL},
+        {"scale", be->scale != NULL},
+        {"upsample_nearest2x", be->upsample_nearest2x != NULL},
+        {"transpose_last2", be->transpose_last2 != NULL},
+        {"pad_bottom_right", be->pad_bottom_right != NULL},
+    };
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (!ops[i].present)
+            return sd_fail(SD_ERR_UNSUPPORTED, "VAE: the %s backend has no %s op", be->name,
+                           ops[i].name);
+    return SD_OK;
+}
+
 sd_status sd_vae_create(const sd_vae_config *config, const sd_weights *weights, int with_encoder,
                         const sd_backend *be, sd_vae **out) {
+    if (!out)
+        return sd_fail(SD_ERR_INVALID, "VAE: no place for the model");
     *out = NULL;
+    if (!config || !weights || !be)
+        return sd_fail(SD_ERR_INVALID, "VAE: config, weights and backend are required");
     SD_TRY(check_config(config));
-    if (!be->transpose_last2 || !be->pad_bottom_right)
-        return sd_fail(SD_ERR_UNSUPPORTED, "the %s backend lacks ops the VAE needs", be->name);
+    SD_TRY(check_backend(be));
     sd_vae *v = calloc(1, sizeof *v);
     if (!v)
         return sd_fail(SD_ERR_NOMEM, "cannot allocate the VAE");
@@ -204,6 +231,12 @@ sd_status sd_vae_create(const sd_vae_config *config, const sd_weights *weights, 
     sd_status s;
     CHECK(sd_block_param(weights, "", "post_quant_conv.weight", 4, CONV(L, L, 1), &v->post_quant_w));
     CHECK(sd_block_param(weights, "", "post_quant_conv.bias", 1, VEC(L), &v->post_quant_b));
+    if (v->post_quant_w->device != be->device) {
+        s = sd_fail(SD_ERR_UNSUPPORTED,
+                    "VAE: the weights are not on the %s backend's device; move them there first",
+                    be->name);
+        goto done;
+    }
     CHECK(load_decoder(weights, config, &v->dec));
     if (with_encoder) {
         CHECK(sd_block_param(weights, "", "quant_conv.weight", 4, CONV(2 * L, 2 * L, 1),
@@ -391,7 +424,8 @@ static int64_t encoder_max_elems(const sd_vae_config *c, int64_t H, int64_t W) {
     return best > L2 * H * W ? best : L2 * H * W;
 }
 
-static sd_status encode_one(sd_vae *v, const sd_tensor *img, sd_tensor *mean) {
+/* img (1, in, H, W) -> mean (1, L, H/f, W/f) and, when logvar is not NULL, logvar likewise */
+static sd_status encode_one(sd_vae *v, const sd_tensor *img, sd_tensor *mean, sd_tensor *logvar) {
     const sd_backend *be = v->be;
     const sd_vae_config *c = &v->cfg;
     const vae_coder *e = &v->enc;
@@ -439,12 +473,17 @@ static sd_status encode_one(sd_vae *v, const sd_tensor *img, sd_tensor *mean) {
     CHECK(be->group_norm(be, &a, e->norm_w, e->norm_b, c->norm_num_groups, VAE_EPS, 1, &b));
     CHECK(be->conv2d(be, &b, e->conv_out_w, e->conv_out_b, 1, 1, &moments));
     CHECK(be->conv2d(be, &moments, v->quant_w, v->quant_b, 1, 0, &q));
-    /* the mean is the first `latent` channels of the moments */
+    /* The moments (1, 2L, H, W) are mean then logvar along channels: with one image each
+     * half is a contiguous block. Copied by scaling by one, exact on every backend. */
     {
-        /* the mean is the first `latent` channels: a prefix of the (1, 2L, H, W) buffer;
-         * copied by scaling by one, which is exact and works on every backend */
-        sd_tensor first = view4(&q, c->latent_channels, H, W);
+        int64_t L = c->latent_channels;
+        sd_tensor first = view4(&q, L, H, W);
         CHECK(be->scale(be, &first, 1.0f, mean));
+        if (logvar) {
+            sd_tensor second = sd_tensor_view((float *)q.data + L * H * W, SD_F32, q.device, 4,
+                                              (const int64_t[]){1, L, H, W});
+            CHECK(be->scale(be, &second, 1.0f, logvar));
+        }
     }
 done:
     sd_arena_release(&v->arena, mark);
@@ -460,10 +499,13 @@ static sd_tensor image_slice(const sd_tensor *t, int64_t i) {
 sd_status sd_vae_decode(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
     const sd_vae_config *c = &v->cfg;
     int64_t f = (int64_t)1 << (c->num_blocks - 1);
+    if (z->device != v->be->device || image->device != v->be->device)
+        return sd_fail(SD_ERR_INVALID, "VAE decode: latents and image must be on the %s device",
+                       v->be->name);
     if (z->ndim != 4 || z->shape[1] != c->latent_channels || z->dtype != SD_F32)
         return sd_fail(SD_ERR_INVALID, "VAE decode: latents must be float32 (B, %d, h, w)",
                        c->latent_channels);
-    if (image->ndim != 4 || image->shape[0] != z->shape[0] ||
+    if (image->dtype != SD_F32 || image->ndim != 4 || image->shape[0] != z->shape[0] ||
         image->shape[1] != c->out_channels || image->shape[2] != z->shape[2] * f ||
         image->shape[3] != z->shape[3] * f)
         return sd_fail(SD_ERR_INVALID, "VAE decode: image must be (%lld, %d, %lld, %lld)",
@@ -477,7 +519,20 @@ sd_status sd_vae_decode(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
     return SD_OK;
 }
 
-sd_status sd_vae_encode(sd_vae *v, const sd_tensor *image, sd_tensor *mean) {
+/* an output of encode: float32 (B, latent, H / f, W / f) */
+static sd_status check_latent_out(const sd_tensor *t, const sd_tensor *image, int64_t latent,
+                                  int64_t f, const char *arg) {
+    if (t->dtype != SD_F32 || t->ndim != 4 || t->shape[0] != image->shape[0] ||
+        t->shape[1] != latent || t->shape[2] != image->shape[2] / f ||
+        t->shape[3] != image->shape[3] / f)
+        return sd_fail(SD_ERR_INVALID, "VAE encode: '%s' must be float32 (%lld, %lld, %lld, %lld)",
+                       arg, (long long)image->shape[0], (long long)latent,
+                       (long long)(image->shape[2] / f), (long long)(image->shape[3] / f));
+    return SD_OK;
+}
+
+sd_status sd_vae_encode_moments(sd_vae *v, const sd_tensor *image, sd_tensor *mean,
+                                sd_tensor *logvar) {
     const sd_vae_config *c = &v->cfg;
     int64_t f = (int64_t)1 << (c->num_blocks - 1);
     if (!v->has_encoder)
@@ -488,14 +543,23 @@ sd_status sd_vae_encode(sd_vae *v, const sd_tensor *image, sd_tensor *mean) {
                        "VAE encode: images must be float32 (B, %d, H, W) with H and W multiples "
                        "of %lld",
                        c->in_channels, (long long)f);
-    if (mean->ndim != 4 || mean->shape[0] != image->shape[0] ||
-        mean->shape[1] != c->latent_channels || mean->shape[2] != image->shape[2] / f ||
-        mean->shape[3] != image->shape[3] / f)
-        return sd_fail(SD_ERR_INVALID, "VAE encode: 'mean' has the wrong shape");
+    if (image->device != v->be->device || mean->device != v->be->device ||
+        (logvar && logvar->device != v->be->device))
+        return sd_fail(SD_ERR_INVALID, "VAE encode: image and outputs must be on the %s device",
+                       v->be->name);
+    SD_TRY(check_latent_out(mean, image, c->latent_channels, f, "mean"));
+    if (logvar)
+        SD_TRY(check_latent_out(logvar, image, c->latent_channels, f, "logvar"));
     sd_arena_reset(&v->arena);
     for (int64_t i = 0; i < image->shape[0]; i++) {
-        sd_tensor xi = image_slice(image, i), mi = image_slice(mean, i);
-        SD_TRY(encode_one(v, &xi, &mi));
+        sd_tensor xi = image_slice(image, i), mi = image_slice(mean, i), li;
+        if (logvar)
+            li = image_slice(logvar, i);
+        SD_TRY(encode_one(v, &xi, &mi, logvar ? &li : NULL));
     }
     return SD_OK;
+}
+
+sd_status sd_vae_encode(sd_vae *v, const sd_tensor *image, sd_tensor *mean) {
+    return sd_vae_encode_moments(v, image, mean, NULL);
 }

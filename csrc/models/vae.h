@@ -40,5 +40,10 @@ int sd_vae_has_encoder(const sd_vae *v);
 sd_status sd_vae_decode(sd_vae *v, const sd_tensor *z, sd_tensor *image);
 /* image (B, in_channels, H, W), H and W multiples of f -> mean (B, latent, H / f, W / f) */
 sd_status sd_vae_encode(sd_vae *v, const sd_tensor *image, sd_tensor *mean);
+/* The same, with the log-variance of the latent distribution too (logvar may be NULL),
+ * unclamped: a sample is mean + exp(0.5 * clamp(logvar, -30, 20)) * noise, as diffusers'
+ * DiagonalGaussianDistribution draws it. */
+sd_status sd_vae_encode_moments(sd_vae *v, const sd_tensor *image, sd_tensor *mean,
+                                sd_tensor *logvar);
 
 #endif
