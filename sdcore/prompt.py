@@ -5,26 +5,32 @@ Emphasis:
   ``(word:1.3)``      weight x 1.3 (any number, also below 1)
   ``[word]``          weight / 1.1
   ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\``   literal brackets and backslash
-  Brackets left open at the end are closed there; a stray closing bracket is kept as text.
-  ``BREAK`` (upper case, as a word) ends the current 75-token chunk early.
+  Brackets left open at the end are closed there; a stray closing bracket is kept as text,
+  and so is a weight that is not a number (``(word:1.2.3)`` is ``word:1.2.3`` at x 1.1).
+  ``BREAK`` (upper case, as a word) ends the current 75-token chunk early, inside
+  brackets too.
 
 Long prompts: the tokens (without BOS/EOS) are cut into chunks of 75; each chunk becomes
-BOS + 75 tokens (padded) + EOS = 77 ids and is encoded alone; the chunks' embeddings are
+BOS + its tokens + EOS, padded with the pad id to 77 ids (for SD 1.x the pad id is EOS),
+and is encoded alone; the chunks' embeddings are
 joined along the token axis, (1, 77 * k, hidden). A prompt and its negative prompt are
 padded with empty chunks to the same count so classifier-free guidance can pair them.
 
 Weights: each token's embedding is multiplied by its weight, then the whole chunk is
 rescaled so its mean equals the mean before weighting (the rule the common front ends
-use, which keeps the overall magnitude the UNet expects). A prompt with no emphasis is
+use, chunk by chunk, which keeps the overall magnitude the UNet expects). BOS, EOS and
+padding keep weight 1; negative and zero weights are allowed. A prompt with no emphasis is
 encoded exactly as diffusers encodes it.
 """
 
+import math
 import re
 
 import numpy as np
 
 CHUNK = 75
 ROUND, SQUARE = 1.1, 1 / 1.1
+BREAK = "BREAK"
 
 # one token of the emphasis syntax: an escape, a bracket, ":number)" closing a
 # weighted group, a run of plain text, or a lone colon
@@ -34,43 +40,71 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
 def parse_weights(text):
     """[(fragment, weight), ...] with runs of equal weight merged; BREAK is (BREAK, -1)."""
-    out = []  # [text, weight] lists so open groups can scale what follows them
+    # [text, weight, is_break] lists, so open groups can scale what follows them; a BREAK
+    # is flagged rather than told apart by its weight, so that "(cat:-1)" stays a word and
+    # a BREAK inside brackets still breaks
+    out = []
     open_round, open_square = [], []
 
     def scale_from(start, factor):
         for item in out[start:]:
-            item[1] *= factor
+            if not item[2]:
+                item[1] *= factor
+
+    def add_text(piece):
+        for i, part in enumerate(_BREAK.split(piece)):
+            if i:
+                out.append([BREAK, -1.0, True])
+            out.append([part, 1.0, False])
 
     for m in _TOKEN.finditer(text):
         piece, number = m.group(0), m.group(1)
+        if number is not None:
+            weight = _to_float(number)
+            if weight is None or not open_round:
+                # not a weight ("(cat:1.2.3)") or nothing to close: the text before the
+                # bracket is kept and the bracket closes a group like a plain ")"
+                add_text(piece[:-1])
+                piece = ")"
+            else:
+                scale_from(open_round.pop(), weight)
+                continue
         if piece.startswith("\\") and len(piece) == 2:
-            out.append([piece[1], 1.0])
+            out.append([piece[1], 1.0, False])
         elif piece == "(":
             open_round.append(len(out))
         elif piece == "[":
             open_square.append(len(out))
-        elif number is not None and open_round:
-            scale_from(open_round.pop(), float(number))
         elif piece == ")" and open_round:
             scale_from(open_round.pop(), ROUND)
         elif piece == "]" and open_square:
             scale_from(open_square.pop(), SQUARE)
         else:
-            for i, part in enumerate(_BREAK.split(piece)):
-                if i:
-                    out.append(["BREAK", -1.0])
-                out.append([part, 1.0])
+            add_text(piece)
     for start in open_round:
         scale_from(start, ROUND)
     for start in open_square:
         scale_from(start, SQUARE)
     merged = []
-    for item in out or [["", 1.0]]:
-        if merged and merged[-1][1] == item[1] and item[1] != -1.0:
+    for item in out or [["", 1.0, False]]:
+        if merged and not item[2] and not merged[-1][2] and merged[-1][1] == item[1]:
             merged[-1][0] += item[0]
         else:
             merged.append(list(item))
-    return [(t, w) for t, w in merged]
+    return [(t, w) for t, w, _ in merged]
+
+
+def _to_float(number):
+    """The weight written after a colon, or None when it is not a finite number."""
+    try:
+        value = float(number)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _is_break(fragment, weight):
+    return fragment == BREAK and weight == -1.0
 
 
 def tokenize_weighted(tokenizer, text):
@@ -81,15 +115,17 @@ def tokenize_weighted(tokenizer, text):
         pad = CHUNK - len(ids)
         chunks.append(
             (
-                [tokenizer.bos_id] + ids + [tokenizer.pad_id] * pad + [tokenizer.eos_id],
-                [1.0] + weights + [1.0] * pad + [1.0],
+                # EOS right after the text, then padding: the layout the tokenizer itself
+                # (and diffusers) gives when the pad id is not EOS, as in SD 2.x
+                [tokenizer.bos_id] + ids + [tokenizer.eos_id] + [tokenizer.pad_id] * pad,
+                [1.0] + weights + [1.0] + [1.0] * pad,
             )
         )
         ids.clear()
         weights.clear()
 
     for fragment, weight in parse_weights(text):
-        if weight == -1.0:  # BREAK
+        if _is_break(fragment, weight):
             close_chunk()
             continue
         for token in tokenizer.encode(fragment):
@@ -114,7 +150,10 @@ def encode_prompt(text_encoder, tokenizer, text, clip_skip=1, min_chunks=1):
         if np.any(w != 1.0):
             mean = z.mean(dtype=np.float64)
             z = z * w[None, :, None]
-            z = z * np.float32(mean / z.mean(dtype=np.float64))
+            weighted_mean = z.mean(dtype=np.float64)
+            # weights that cancel the mean exactly leave nothing to rescale by
+            if weighted_mean != 0.0:
+                z = z * np.float32(mean / weighted_mean)
         out.append(z)
     return np.concatenate(out, axis=1).astype(np.float32, copy=False)
 

@@ -20,8 +20,11 @@ ACTIVATIONS = {"quick_gelu": True, "gelu": False}
 
 def _int_field(config, key):
     value = config.get(key, DEFAULTS[key])
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"text encoder config: '{key}' must be a positive integer, got {value!r}")
+    # the engine holds sizes in C ints
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+        raise ValueError(
+            f"text encoder config: '{key}' must be a positive integer below 2**31, got {value!r}"
+        )
     return value
 
 
@@ -44,8 +47,10 @@ class TextEncoder:
             )
         }
         eps = config.get("layer_norm_eps", DEFAULTS["layer_norm_eps"])
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"text encoder config: 'layer_norm_eps' must be positive, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
+            raise ValueError(
+                f"text encoder config: 'layer_norm_eps' must be finite and positive, got {eps!r}"
+            )
         act = config.get("hidden_act", DEFAULTS["hidden_act"])
         if act not in ACTIVATIONS:
             raise ValueError(
@@ -56,6 +61,7 @@ class TextEncoder:
             raise ValueError("text encoder config: 'num_attention_heads' must divide 'hidden_size'")
         self.config = dict(config)
         self.hidden_size = ints["hidden_size"]
+        self.vocab_size = ints["vocab_size"]
         self.max_length = ints["max_position_embeddings"]
         self.num_layers = ints["num_hidden_layers"]
         self.device = device
@@ -70,4 +76,8 @@ class TextEncoder:
             ids = ids[None]
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got {ids.dtype}")
+        # checked before the cast to int32, which would wrap a large id onto a valid one
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)].flat[0]
+            raise ValueError(f"ids: id {bad} is outside [0, {self.vocab_size})")
         return self._model.encode(np.ascontiguousarray(ids, dtype=np.int32), clip_skip=clip_skip)

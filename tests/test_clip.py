@@ -133,6 +133,17 @@ def test_errors_name_the_problem(rng):
         enc.encode(np.zeros((1, 5), np.int32), clip_skip=4)
     with pytest.raises(TypeError, match="integers"):
         enc.encode(np.zeros((1, 5), np.float32))
+    # int64 ids that int32 would wrap onto valid ones
+    with pytest.raises(ValueError, match="outside"):
+        enc.encode(np.full((1, 5), 2**32 + 5, np.int64))
+    with pytest.raises(ValueError, match="outside"):
+        enc.encode(np.full((1, 5), -1, np.int64))
+    with pytest.raises(ValueError, match="hidden_size"):
+        TextEncoder({**cfg.to_dict(), "hidden_size": 2**40}, _C.Weights.from_arrays(state))
+    with pytest.raises(ValueError, match="layer_norm_eps"):
+        TextEncoder(
+            {**cfg.to_dict(), "layer_norm_eps": float("inf")}, _C.Weights.from_arrays(state)
+        )
     with pytest.raises(ValueError, match="num_attention_heads"):
         TextEncoder({**cfg.to_dict(), "num_attention_heads": 5}, _C.Weights.from_arrays(state))
     with pytest.raises(ValueError, match="hidden_act"):
