@@ -70,5 +70,6 @@ extern PyMethodDef sd_device_methods[];
 extern PyMethodDef sd_image_methods[];
 extern PyMethodDef sd_sampler_methods[];
 extern PyMethodDef sd_rng_methods[];
+extern PyMethodDef sd_txt2img_methods[];
 
 #endif

@@ -73,6 +73,7 @@ static PyMethodDef *method_tables[] = {
     sd_image_methods,
     sd_sampler_methods,
     sd_rng_methods,
+    sd_txt2img_methods,
     NULL,
 };
 

@@ -135,6 +135,23 @@ static int check_required_default(const required_default *r, PyObject *v) {
     return -1;
 }
 
+/* diffusers saves every config key, listing those it filled with its own defaults in
+ * "_use_default_values"; from_config treats them as unset, so a scheduler class swapped
+ * in keeps its own default (Euler's "linspace" spacing under a PNDM config's "leading"). */
+static int is_unset_default(PyObject *dict, const char *key) {
+    PyObject *listed = PyDict_GetItemString(dict, "_use_default_values");
+    if (!listed || !(PyList_Check(listed) || PyTuple_Check(listed)))
+        return 0;
+    for (Py_ssize_t i = 0; i < PySequence_Size(listed); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(listed, i);
+        const char *name = PyUnicode_Check(item) ? PyUnicode_AsUTF8(item) : NULL;
+        if (name && strcmp(name, key) == 0)
+            return 1;
+    }
+    PyErr_Clear();
+    return 0;
+}
+
 /* Fill cfg from a dict; betas_out receives a float32 array holding trained_betas when
  * the dict has them (the caller releases it once the sampler is created). */
 int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out) {
@@ -152,7 +169,9 @@ int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject *
                      Py_TYPE(dict)->tp_name);
         return -1;
     }
-#define GET(key) ((v = PyDict_GetItemString(dict, key)) != NULL && v != Py_None)
+#define GET(key)                                                                            \
+    ((v = PyDict_GetItemString(dict, key)) != NULL && v != Py_None &&                      \
+     !is_unset_default(dict, key))
     if (GET("num_train_timesteps") && config_int(v, "num_train_timesteps",
                                                  &cfg->num_train_timesteps) < 0)
         return -1;

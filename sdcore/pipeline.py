@@ -1,0 +1,241 @@
+"""Text to image, shaped like diffusers' StableDiffusionPipeline.
+
+    pipe = Pipeline.from_pretrained("path/to/model")          # a diffusers folder or one file
+    images = pipe("a red circle on a blue background", seed=7)
+    images[0].save("out.png")                                  # PNG with its parameters
+
+Seeds: image i of a request with seed s uses seed s + i, so each image can be made again
+alone from the seed its PNG records. The noise of one image is what
+``torch.randn(..., generator=torch.Generator("cpu").manual_seed(seed))`` draws, as
+diffusers does on the CPU.
+"""
+
+import os
+import threading
+
+import numpy as np
+
+from sdcore import _C, __version__
+from sdcore import params as P
+from sdcore.checkpoint import load_model
+from sdcore.prompt import chunk_count, encode_prompt
+from sdcore.samplers import SAMPLERS
+from sdcore.text_encoder import TextEncoder
+from sdcore.tokenizer import ClipTokenizer
+from sdcore.vae import VAE
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "models", "default")
+
+
+class GeneratedImage:
+    """One generated image: pixels, the settings that made it, and PNG output."""
+
+    def __init__(self, array, prompt, negative_prompt, seed, steps, sampler, guidance_scale, model):
+        self.array = array
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.seed = seed
+        self.steps = steps
+        self.sampler = sampler
+        self.guidance_scale = guidance_scale
+        self.height, self.width = array.shape[:2]
+        self.parameters = P.infotext(
+            prompt,
+            negative_prompt,
+            steps,
+            sampler,
+            guidance_scale,
+            seed,
+            self.width,
+            self.height,
+            model,
+            __version__,
+        )
+
+    def png_bytes(self):
+        """The PNG, with the generation parameters in its ``parameters`` text chunk."""
+        return _C.encode_png(self.array, {"parameters": self.parameters})
+
+    def save(self, path):
+        with open(path, "wb") as f:
+            f.write(self.png_bytes())
+
+    def __repr__(self):
+        return f"GeneratedImage({self.width}x{self.height}, seed={self.seed})"
+
+
+def _as_list(value, n, field):
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{field}: has {len(value)} entries for {n} prompts")
+        return list(value)
+    return [value] * n
+
+
+class Pipeline:
+    """The text encoder, UNet, VAE and samplers of one model, ready to generate."""
+
+    def __init__(self, model, device="cpu"):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device: must be 'cpu' or 'cuda', got {device!r}")
+        self.model = model
+        self.name = model.name
+        self.device = device
+        self.tokenizer = ClipTokenizer.load(model.tokenizer_dir)
+        self.text_encoder = TextEncoder(
+            model.text_encoder.config, model.text_encoder.weights, device=device
+        )
+        self.unet = _C.UNet(model.unet.weights, model.unet.config, device=device)
+        self.vae = VAE(model.vae.config, model.vae.weights, device=device, with_encoder=False)
+        self.vae_scaling_factor = self.vae.scaling_factor
+        self.scheduler_config = model.scheduler_config
+        self.samplers = list(SAMPLERS)
+        self.latent_channels = int(model.unet.config.get("in_channels", 4))
+        # the size the model was trained at, within the sizes a request may ask for
+        size = int(model.unet.config.get("sample_size", 64)) * self.vae.factor
+        size = min(P.MAX_SIZE, max(P.MIN_SIZE, size // 8 * 8))
+        self.default_size = (size, size)
+        self.is_default_model = bool(getattr(model, "is_default", False))
+        self.random_weights = bool(getattr(model, "random_weights", False))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, path=None, device="cpu"):
+        """Load a model: a diffusers folder or a single .safetensors file; None: the model
+        that ships with sdcore."""
+        if path is None:
+            path = DEFAULT_MODEL
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"model: the shipped default model is missing ({path})")
+        elif not os.path.exists(path):
+            raise FileNotFoundError(f"model: {path} does not exist")
+        model = load_model(path)
+        model.is_default = os.path.abspath(path) == os.path.abspath(DEFAULT_MODEL)
+        return cls(model, device=device)
+
+    # ---------------------------------------------------------------- checks --
+
+    def validate(
+        self,
+        prompt="",
+        negative_prompt=None,
+        num_inference_steps=20,
+        guidance_scale=7.5,
+        width=None,
+        height=None,
+        seed=None,
+        sampler="euler_a",
+        num_images=1,
+    ):
+        """Check every field; raise ValueError naming the first bad one. Returns the
+        normalised values."""
+        prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt]
+        if not prompts:
+            raise ValueError("prompt: no prompt given")
+        n = len(prompts)
+        prompts = [P.check_prompt(p) for p in prompts]
+        negatives = [
+            P.check_prompt(x or "", "negative_prompt")
+            for x in _as_list(negative_prompt, n, "negative_prompt")
+        ]
+        guidance = [P.check_guidance(g) for g in _as_list(guidance_scale, n, "guidance_scale")]
+        seeds = [P.check_seed(s) for s in _as_list(seed, n, "seed")]
+        width = P.check_size(self.default_size[0] if width is None else width, "width")
+        height = P.check_size(self.default_size[1] if height is None else height, "height")
+        steps = P.check_steps(num_inference_steps)
+        sampler = P.check_sampler(sampler)
+        num_images = P.check_num_images(num_images)
+        for s in seeds:
+            if s + num_images - 1 >= 2**64:
+                raise ValueError("seed: seed + num_images - 1 must stay below 2**64")
+        return dict(
+            prompts=prompts,
+            negatives=negatives,
+            guidance=guidance,
+            seeds=seeds,
+            width=width,
+            height=height,
+            steps=steps,
+            sampler=sampler,
+            num_images=num_images,
+        )
+
+    # ------------------------------------------------------------- generating --
+
+    def encode_prompt(self, text, min_chunks=1, clip_skip=1):
+        """The CLIP conditioning of a prompt: float32 (1, 77 * k, hidden)."""
+        P.check_prompt(text)
+        return encode_prompt(
+            self.text_encoder, self.tokenizer, text, clip_skip=clip_skip, min_chunks=min_chunks
+        )
+
+    def __call__(
+        self,
+        prompt,
+        negative_prompt=None,
+        num_inference_steps=20,
+        guidance_scale=7.5,
+        width=None,
+        height=None,
+        seed=None,
+        sampler="euler_a",
+        num_images=1,
+        callback=None,
+        should_stop=None,
+    ):
+        """Generate. `prompt` may be a list (one batch; negative_prompt, guidance_scale and
+        seed may then be lists too). Returns a list of GeneratedImage, num_images per
+        prompt, in order. callback(step, total, latents) runs after every step;
+        should_stop() is polled every step and stops the run with CancelledError."""
+        v = self.validate(
+            prompt,
+            negative_prompt,
+            num_inference_steps,
+            guidance_scale,
+            width,
+            height,
+            seed,
+            sampler,
+            num_images,
+        )
+        k = max(chunk_count(self.tokenizer, t) for t in v["prompts"] + v["negatives"])
+        conds, unconds, guidance, seeds, meta = [], [], [], [], []
+        for p, neg, g, s in zip(
+            v["prompts"], v["negatives"], v["guidance"], v["seeds"], strict=True
+        ):
+            c = self.encode_prompt(p, min_chunks=k)
+            u = self.encode_prompt(neg, min_chunks=k)
+            for i in range(v["num_images"]):
+                conds.append(c)
+                unconds.append(u)
+                guidance.append(g)
+                seeds.append(s + i)
+                meta.append((p, neg, s + i, g))
+
+        def on_step(step, total, latents):
+            if callback is not None:
+                callback(step, total, latents)
+            return bool(should_stop is not None and should_stop())
+
+        with self._lock:
+            pixels = _C.txt2img(
+                self.unet,
+                self.vae._model,
+                np.concatenate(conds),
+                np.concatenate(unconds),
+                np.asarray(guidance, np.float32),
+                np.asarray(seeds, np.uint64),
+                v["width"],
+                v["height"],
+                v["steps"],
+                v["sampler"],
+                self.scheduler_config,
+                self.vae_scaling_factor,
+                self.vae.factor,
+                self.latent_channels,
+                on_step,
+            )
+        return [
+            GeneratedImage(pixels[i], p, neg, s, v["steps"], v["sampler"], g, self.name)
+            for i, (p, neg, s, g) in enumerate(meta)
+        ]

@@ -1,0 +1,270 @@
+"""The whole text-to-image pipeline against diffusers' StableDiffusionPipeline.
+
+A small SD 1.x-shaped model with random weights is written by diffusers as a folder;
+sdcore loads it through its normal loader and must draw the same image from the same
+prompt, negative prompt, seed and sampler: within 2/255 per pixel."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+import sdcore
+from sdcore.pipeline import Pipeline
+
+SD15_SCHEDULER = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "dpmpp_2m_karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "pndm": (PNDMScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+}
+
+
+def clip_tokenizer(path):
+    """transformers' CLIPTokenizer from the BPE data sdcore ships (no hub access here)."""
+    from test_tokenizer import (
+        SD1_SPECIAL_TOKENS_MAP,
+        SD1_TOKENIZER_CONFIG,
+        clip_vocab_and_merges,
+        write_folder,
+    )
+
+    vocab, merges = clip_vocab_and_merges()
+    folder = write_folder(path, vocab, merges, SD1_TOKENIZER_CONFIG, SD1_SPECIAL_TOKENS_MAP)
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def randomise(module, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif p.ndim == 1:
+                p.copy_(0.05 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / max(1, p[0].numel()) ** 0.5)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_sd")
+    seed = int(np.random.default_rng().integers(1 << 30))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+        )
+    )
+    for i, m in enumerate((unet, vae, text)):
+        randomise(m, seed + i)
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text.eval(),
+        tokenizer=clip_tokenizer(root / "tok"),
+        unet=unet.eval(),
+        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(root / "model")
+    # the reference is the folder as diffusers loads it back, as sdcore loads it
+    pipe = StableDiffusionPipeline.from_pretrained(
+        root / "model", safety_checker=None, torch_dtype=torch.float32
+    )
+    pipe.saved_scheduler_config = dict(pipe.scheduler.config)
+    return root / "model", pipe
+
+
+def reference(pipe, sampler, prompt, negative, seed, steps, cfg, size):
+    cls, extra = SCHEDULERS[sampler]
+    pipe.scheduler = cls.from_config(pipe.saved_scheduler_config, **extra)
+    out = pipe(
+        prompt,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        height=size,
+        width=size,
+        output_type="np",
+    ).images[0]
+    return (out * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("sampler", list(SCHEDULERS))
+def test_same_image_as_diffusers(model_dir, sampler, rng):
+    path, pipe = model_dir
+    ours = Pipeline.from_pretrained(str(path))
+    seed = int(rng.integers(2**31))
+    args = dict(
+        prompt="a red circle on a blue background",
+        negative="blurry",
+        seed=seed,
+        steps=6,
+        cfg=7.0,
+        size=64,
+    )
+    ref = reference(pipe, sampler, **args)
+    (img,) = ours(
+        args["prompt"],
+        negative_prompt=args["negative"],
+        num_inference_steps=6,
+        guidance_scale=7.0,
+        width=64,
+        height=64,
+        seed=seed,
+        sampler=sampler,
+    )
+    diff = np.abs(img.array.astype(int) - ref.astype(int))
+    assert diff.max() <= 2, f"{sampler}: max pixel difference {diff.max()} (seed {seed})"
+
+
+def test_no_guidance_and_several_images(model_dir, rng):
+    path, pipe = model_dir
+    ours = Pipeline.from_pretrained(str(path))
+    seed = int(rng.integers(2**31))
+    imgs = ours(
+        "two yellow stars",
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        width=64,
+        height=64,
+        seed=seed,
+        sampler="euler",
+        num_images=2,
+    )
+    assert [i.seed for i in imgs] == [seed, seed + 1]
+    for img in imgs:  # image i is the one-image run with seed + i
+        ref = reference(pipe, "euler", "two yellow stars", None, img.seed, 4, 1.0, 64)
+        assert np.abs(img.array.astype(int) - ref.astype(int)).max() <= 2
+
+
+def test_png_carries_parameters(model_dir, tmp_path):
+    from PIL import Image
+
+    path, _ = model_dir
+    ours = Pipeline.from_pretrained(str(path))
+    (img,) = ours(
+        "a green square",
+        negative_prompt="text",
+        num_inference_steps=3,
+        width=64,
+        height=64,
+        seed=42,
+        sampler="euler_a",
+        guidance_scale=7,
+    )
+    img.save(tmp_path / "out.png")
+    info = Image.open(tmp_path / "out.png").info["parameters"]
+    assert info.startswith(
+        "a green square\nNegative prompt: text\nSteps: 3, Sampler: Euler a, "
+        "CFG scale: 7, Seed: 42, Size: 64x64, Model: "
+    )
+
+
+def test_progress_and_cancel(model_dir):
+    path, _ = model_dir
+    ours = Pipeline.from_pretrained(str(path))
+    steps = []
+    ours(
+        "x",
+        num_inference_steps=5,
+        width=64,
+        height=64,
+        seed=1,
+        callback=lambda s, t, lat: steps.append((s, t, lat.shape)),
+    )
+    assert [s for s, _, _ in steps] == [1, 2, 3, 4, 5] and steps[0][2] == (1, 4, 32, 32)
+    with pytest.raises(sdcore.CancelledError, match="after step 2"):
+        ours(
+            "x",
+            num_inference_steps=5,
+            width=64,
+            height=64,
+            seed=1,
+            should_stop=lambda: len(steps) >= 7,
+            callback=lambda *a: steps.append(a),
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(width=33), "width"),
+        (dict(height=4096), "height"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(num_inference_steps=501), "num_inference_steps"),
+        (dict(guidance_scale=float("nan")), "guidance_scale"),
+        (dict(guidance_scale=float("inf")), "guidance_scale"),
+        (dict(sampler="heun"), "sampler"),
+        (dict(seed=-5), "seed"),
+        (dict(num_images=0), "num_images"),
+    ],
+)
+def test_bad_input_names_the_field(model_dir, kwargs, field):
+    path, _ = model_dir
+    ours = Pipeline.from_pretrained(str(path))
+    with pytest.raises(ValueError, match=f"^{field}"):
+        ours("x", **kwargs)
+
+
+def test_missing_model_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Pipeline.from_pretrained(str(tmp_path / "nope"))
