@@ -25,6 +25,7 @@ from sdcore.tokenizer import ClipTokenizer
 from sdcore.vae import VAE
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "models", "default")
+DEFAULT_MODEL_NAME = "sdcore-shapes"
 
 
 class GeneratedImage:
@@ -111,6 +112,8 @@ class Pipeline:
             raise FileNotFoundError(f"model: {path} does not exist")
         model = load_model(path)
         model.is_default = os.path.abspath(path) == os.path.abspath(DEFAULT_MODEL)
+        if model.is_default:
+            model.name = DEFAULT_MODEL_NAME
         return cls(model, device=device)
 
     # ---------------------------------------------------------------- checks --
