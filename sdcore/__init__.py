@@ -61,6 +61,8 @@ __all__ = [
     "UnsupportedError",
     "cuda_available",
     "cuda_devices",
+    "GeneratedImage",
+    "Pipeline",
     "load_model",
     "ops",
     "random",
@@ -69,3 +71,4 @@ __all__ = [
 
 from sdcore import ops, random, samplers  # noqa: E402
 from sdcore.checkpoint import Model, load_model  # noqa: E402
+from sdcore.pipeline import GeneratedImage, Pipeline  # noqa: E402

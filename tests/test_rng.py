@@ -281,7 +281,8 @@ def test_each_kernel_matches_torch_capability(capability, tmp_path):
         [sys.executable, "-c", TORCH_IN_SUBPROCESS, str(path), *map(str, seeds)],
         env=env,
         check=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
+        # outside the checkout, so the installed sdcore is the one imported
+        cwd=tmp_path,
     )
     ref = np.load(path)
     kernel = "scalar" if capability == "default" else "avx2"
