@@ -27,9 +27,17 @@ Each stage stops at its step count or at its share of ``--time-budget-min``, whi
 first; the learning rate decays with whichever of the two is further along, so a stage cut short
 by time still ends at a low learning rate.
 
+``--init-from DIR`` resumes from the output folder of an earlier run (same configuration: both
+``--smoke`` or neither): the autoencoder, text encoder and UNet are loaded from it (float32), the
+autoencoder stage is skipped (its weights and ``scaling_factor`` are kept), and the whole budget
+less the reserve goes to the text encoder + UNet stage, which starts as soon as the first few
+thousand images are drawn (the rest are encoded between steps). The peak learning rate is then
+half the default, with a shorter warm-up; the EMA starts from the loaded weights.
+
 Usage::
 
     python tools/train_default_model.py --out /tmp/model                 # GPU, about 8.5 min
+    python tools/train_default_model.py --init-from /tmp/model --out /tmp/model2 --seed 1
     python tools/train_default_model.py --smoke --device cpu --out /tmp/smoke_model
 """
 
@@ -280,6 +288,39 @@ def make_models(cfg):
     return vae, text_encoder, unet
 
 
+def load_models(folder: str, cfg):
+    """The three parts of an earlier output folder, in float32; they must have the sizes of
+    ``cfg`` (a smoke folder cannot seed a full run and the other way round)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    for name in ("vae", "text_encoder", "unet"):
+        if not os.path.isfile(os.path.join(folder, name, "config.json")):
+            raise SystemExit(f"--init-from {folder}: no {name}/config.json there")
+    vae = AutoencoderKL.from_pretrained(os.path.join(folder, "vae")).to(torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"))
+    text_encoder = text_encoder.to(torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet")).to(torch.float32)
+    parts = {
+        "vae_blocks": tuple(vae.config.block_out_channels),
+        "text_hidden": text_encoder.config.hidden_size,
+        "text_layers": text_encoder.config.num_hidden_layers,
+        "unet_blocks": tuple(unet.config.block_out_channels),
+        "unet_layers": unet.config.layers_per_block,
+    }
+    wrong = {k: (v, tuple(cfg[k]) if isinstance(v, tuple) else cfg[k]) for k, v in parts.items()}
+    wrong = {k: v for k, v in wrong.items() if v[0] != v[1]}
+    if wrong:
+        raise SystemExit(
+            f"--init-from {folder}: the model there does not match this configuration "
+            f"(found, expected): {wrong}; use --smoke for both runs or for neither"
+        )
+    if vae.config.scaling_factor in (None, 0):
+        raise SystemExit(f"--init-from {folder}: vae/config.json has no scaling_factor")
+    return vae, text_encoder, unet
+
+
 def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -449,12 +490,65 @@ def encode_latents(vae, images: DeviceImages, autocast, batch=512):
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(text_encoder, unet, latents, ids, cfg, args, device, autocast, t_start, deadline):
+class LatentBank:
+    """Posterior means and stds of the images, ``(N, 4, h, w)`` float32, and their token ids
+    ``(N, 77)`` on the training device, of which the first ``n`` are filled. After the autoencoder
+    stage all are encoded at once (``encode_latents``); when resuming, ``update`` encodes the
+    images drawn since the last call (a chunk at a time, between UNet steps), so that the UNet
+    stage starts at once and never waits for the data."""
+
+    def __init__(self, mean, std, ids, n: int, data=None, vae=None, autocast=None):
+        self.mean, self.std, self.ids, self.n = mean, std, ids, n
+        self.data, self.vae, self.autocast = data, vae, autocast
+
+    @classmethod
+    def complete(cls, mean, std, data: ShapesData):
+        import torch
+
+        ids = torch.from_numpy(data.ids).to(mean.device)
+        return cls(mean, std, ids, mean.shape[0])
+
+    @classmethod
+    def incremental(cls, vae, data: ShapesData, device, autocast):
+        import torch
+
+        hw = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+        shape = (data.count, vae.config.latent_channels, hw, hw)
+        mean = torch.empty(shape, dtype=torch.float32, device=device)
+        std = torch.empty(shape, dtype=torch.float32, device=device)
+        ids = torch.empty((data.count, MAX_TOKENS), dtype=torch.int32, device=device)
+        return cls(mean, std, ids, 0, data, vae.to(device).eval(), autocast)
+
+    def update(self, most: int = 1024) -> int:
+        """Encode up to ``most`` newly drawn images; returns how many are encoded."""
+        import torch
+
+        if self.data is None or self.n >= self.data.count:
+            return self.n
+        if self.data.error is not None:
+            self.data.wait(self.data.count)  # raises
+        ready = self.data.ready
+        if ready > self.n:
+            stop = min(ready, self.n + most)
+            x = torch.from_numpy(self.data.images[self.n : stop]).to(self.mean.device)
+            x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            with torch.no_grad(), self.autocast():
+                post = self.vae.encode(x).latent_dist
+            self.mean[self.n : stop] = post.mean.float()
+            self.std[self.n : stop] = post.std.float()
+            self.ids[self.n : stop] = torch.from_numpy(self.data.ids[self.n : stop]).to(
+                self.ids.device
+            )
+            self.n = stop
+        return self.n
+
+
+def train_unet(
+    text_encoder, unet, bank: LatentBank, cfg, args, device, autocast, t_start, deadline, resumed
+):
     import torch
 
-    mean, std = latents
-    n = mean.shape[0]
-    ids = torch.from_numpy(ids).to(device)
+    mean, std, ids = bank.mean, bank.std, bank.ids
     empty = torch.tensor(tk.default_tokenizer()(""), dtype=torch.int32, device=device)
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, 0).to(device)
@@ -464,25 +558,40 @@ def train_unet(text_encoder, unet, latents, ids, cfg, args, device, autocast, t_
     sqrt_1mac = (1.0 - alphas_cumprod).sqrt().float()
     sf = args.scaling_factor
 
+    cuda = str(device).startswith("cuda")
     text_encoder.to(device).train()
     unet.to(device).train()
+    # channels_last: cuDNN's bf16 convolutions run NHWC natively; in NCHW each one is wrapped in
+    # layout transposes. Only the memory layout changes, not the weights that are saved.
+    fmt = torch.channels_last if cuda and args.channels_last else torch.contiguous_format
+    unet.to(memory_format=fmt)
+    unet_fwd = unet
+    if cuda and args.compile:
+        unet_fwd = torch.compile(unet)  # shares the parameters; the first steps compile
     models = [text_encoder, unet]
     params = [p for m in models for p in m.parameters()]
     decay = [p for p in params if p.ndim >= 2 and p.shape[0] != VOCAB_SIZE]
     no_decay = [p for p in params if not (p.ndim >= 2 and p.shape[0] != VOCAB_SIZE)]
-    fused = {"fused": True} if str(device).startswith("cuda") else {}
+    fused = {"fused": True} if cuda else {}
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg["unet_lr"],
         betas=(0.9, 0.99),
         **fused,
     )
-    ema = [p.detach().clone().float() for p in params]
+    live = [p.detach() for p in params]  # float32 views of the weights, for the EMA
+    # The EMA starts at the initial weights: from scratch its decay ramps up from 0.1 so the random
+    # start is forgotten at once; when resuming the start is the earlier run's EMA, worth keeping,
+    # so the full decay applies from the first step.
+    ema = [p.clone() for p in live]
+    # a resumed run restarts from good weights: a short warm-up is enough
+    warmup = 100 if resumed else 250
     seconds = max(1.0, deadline - time.perf_counter())
     stage = Stage("unet", cfg["unet_steps"], seconds, cfg["log_every"])
     batch = cfg["unet_batch"]
     gen = torch.Generator(device=device).manual_seed(args.seed + 2)
     while stage.running():
+        n = bank.update()  # a no-op once all latents are encoded
         idx = torch.randint(0, n, (batch,), device=device, generator=gen)
         mu = mean[idx]
         x0 = (mu + std[idx] * torch.randn(mu.shape, device=device, generator=gen)) * sf
@@ -495,21 +604,24 @@ def train_unet(text_encoder, unet, latents, ids, cfg, args, device, autocast, t_
             noise = noise + args.noise_offset * offset
         t = torch.randint(0, 1000, (batch,), device=device, generator=gen)
         xt = sqrt_ac[t].view(-1, 1, 1, 1) * x0 + sqrt_1mac[t].view(-1, 1, 1, 1) * noise
+        xt = xt.contiguous(memory_format=fmt)
         with autocast():
             context = text_encoder(tok).last_hidden_state  # (B, 77, hidden)
-            pred = unet(xt, t, encoder_hidden_states=context).sample  # (B, 4, h, w)
+            pred = unet_fwd(xt, t, encoder_hidden_states=context).sample  # (B, 4, h, w)
         per_sample = (pred.float() - noise).square().mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weight[t]).mean()
-        lr = cfg["unet_lr"] * lr_factor(stage.progress(), stage.step, 250)
+        lr = cfg["unet_lr"] * lr_factor(stage.progress(), stage.step, warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        d = min(args.ema_decay, (1.0 + stage.step) / (10.0 + stage.step))
+        d = args.ema_decay
+        if not resumed:
+            d = min(d, (1.0 + stage.step) / (10.0 + stage.step))
         with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - d)
+            torch._foreach_lerp_(ema, live, 1.0 - d)
         log_now = (stage.step + 1) % stage.log_every == 0
         stage.record(
             loss.detach(),
@@ -520,9 +632,12 @@ def train_unet(text_encoder, unet, latents, ids, cfg, args, device, autocast, t_
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e.to(p.dtype))
+    unet.to(memory_format=torch.contiguous_format)
     text_encoder.eval()
     unet.eval()
-    return stage.summary()
+    out = stage.summary()
+    out.update(lr=cfg["unet_lr"], warmup=warmup, resumed=resumed, latents_encoded=bank.n)
+    return out
 
 
 # ---- output ----
@@ -684,12 +799,22 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output folder (diffusers layout)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--smoke", action="store_true", help="tiny models and a few steps (CPU check)")
+    p.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="resume from an earlier output folder: load its vae/, text_encoder/ and unet/, skip "
+        "the autoencoder stage and give the whole budget to the text encoder + UNet stage",
+    )
     p.add_argument("--images", type=int, help="number of training images")
     p.add_argument("--vae-steps", type=int, help="autoencoder steps (at most)")
     p.add_argument("--unet-steps", type=int, help="text encoder + UNet steps (at most)")
     p.add_argument("--batch", type=int, help="text encoder + UNet batch size")
     p.add_argument("--vae-batch", type=int, help="autoencoder batch size")
-    p.add_argument("--lr", type=float, help="text encoder + UNet peak learning rate")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="text encoder + UNet peak learning rate (default 5e-4, half that with --init-from)",
+    )
     p.add_argument(
         "--time-budget-min",
         type=float,
@@ -706,6 +831,15 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, default=5.0, help="guidance scale of the samples")
     p.add_argument("--eval-prompts", type=int, help="held-out prompts scored at the end (0: none)")
     p.add_argument("--no-samples", action="store_true", help="skip samples and evaluation")
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep the UNet in NCHW layout on the GPU (default: channels_last)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet forward (GPU only)"
+    )
     return p.parse_args(argv)
 
 
@@ -724,6 +858,9 @@ def main(argv=None) -> int:
     ):
         if value is not None:
             cfg[key] = value
+    if args.init_from and args.lr is None:
+        # a warm restart from trained weights: a moderate peak, then the same decay
+        cfg["unet_lr"] = cfg["unet_lr"] / 2
     if cfg["images"] < 1:
         raise SystemExit("--images must be at least 1")
     deadline = t_start + args.time_budget_min * 60.0
@@ -743,7 +880,9 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     gpu_name = None
     if device.startswith("cuda"):
+        # TF32 for what runs in float32 outside autocast (the optimizer's and the loss's matmuls)
         torch.set_float32_matmul_precision("high")
+        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
         gpu_name = torch.cuda.get_device_name(device)
@@ -755,7 +894,10 @@ def main(argv=None) -> int:
         def autocast():
             return torch.autocast("cpu", enabled=False)
 
-    vae, text_encoder, unet = make_models(cfg)
+    if args.init_from:
+        vae, text_encoder, unet = load_models(args.init_from, cfg)
+    else:
+        vae, text_encoder, unet = make_models(cfg)
     params = {
         "vae": count_params(vae),
         "text_encoder": count_params(text_encoder),
@@ -778,50 +920,82 @@ def main(argv=None) -> int:
         "parameters": params,
     }
 
-    # stage 1: the autoencoder
-    images = DeviceImages(data, device)
-    log["vae"] = train_vae(vae, images, cfg, args, device, autocast, t_start)
-    t = time.perf_counter()
-    mean, std = encode_latents(vae, images, autocast)
-    del images
-    log["data"] = {"images": data.count, "seconds": round(data.seconds or 0.0, 1)}
-    gen = torch.Generator(device=device).manual_seed(args.seed + 3)
-    k = min(mean.shape[0], 20_000)
-    sample = mean[:k] + std[:k] * torch.randn(mean[:k].shape, device=device, generator=gen)
-    args.scaling_factor = float(1.0 / sample.std())
-    vae.register_to_config(scaling_factor=args.scaling_factor)
-    log["latents"] = {
-        "seconds": round(time.perf_counter() - t, 1),
-        "scaling_factor": args.scaling_factor,
-        "mean": float(sample.mean()),
-        "channel_means_scaled": [
-            float(v) for v in (sample.mean(dim=(0, 2, 3)) * args.scaling_factor).tolist()
-        ],
-        "posterior_std_mean": float(std[:k].mean()),
-    }
-    print(
-        f"latents of {mean.shape[0]} images in {log['latents']['seconds']}s: "
-        f"scaling_factor {args.scaling_factor:.4f}, "
-        f"posterior std {log['latents']['posterior_std_mean']:.4f}",
-        flush=True,
-    )
+    if args.init_from:
+        # stage 1 skipped: the earlier run's autoencoder and scaling_factor; latents are encoded
+        # while the UNet trains, as the workers draw the images
+        args.scaling_factor = float(vae.config.scaling_factor)
+        log["vae"] = {"steps": 0, "init_from": os.path.abspath(args.init_from)}
+        bank = LatentBank.incremental(vae, data, device, autocast)
+        first = min(data.count, 4 * cfg["unet_batch"])
+        data.wait(first)
+        while bank.update() < first:
+            pass
+        print(
+            f"resuming from {args.init_from}: scaling_factor {args.scaling_factor:.4f}, "
+            f"peak lr {cfg['unet_lr']:.2e}; UNet stage starts with {bank.n} images encoded",
+            flush=True,
+        )
+    else:
+        # stage 1: the autoencoder
+        images = DeviceImages(data, device)
+        log["vae"] = train_vae(vae, images, cfg, args, device, autocast, t_start)
+        t = time.perf_counter()
+        mean, std = encode_latents(vae, images, autocast)
+        del images
+        gen = torch.Generator(device=device).manual_seed(args.seed + 3)
+        k = min(mean.shape[0], 20_000)
+        sample = mean[:k] + std[:k] * torch.randn(mean[:k].shape, device=device, generator=gen)
+        args.scaling_factor = float(1.0 / sample.std())
+        vae.register_to_config(scaling_factor=args.scaling_factor)
+        log["latents"] = {
+            "seconds": round(time.perf_counter() - t, 1),
+            "scaling_factor": args.scaling_factor,
+            "mean": float(sample.mean()),
+            "channel_means_scaled": [
+                float(v) for v in (sample.mean(dim=(0, 2, 3)) * args.scaling_factor).tolist()
+            ],
+            "posterior_std_mean": float(std[:k].mean()),
+        }
+        print(
+            f"latents of {mean.shape[0]} images in {log['latents']['seconds']}s: "
+            f"scaling_factor {args.scaling_factor:.4f}, "
+            f"posterior std {log['latents']['posterior_std_mean']:.4f}",
+            flush=True,
+        )
+        vae.to("cpu")
+        bank = LatentBank.complete(mean, std, data)
+        del mean, std
 
     # stage 2: the text encoder and the UNet
-    vae.to("cpu")
     unet_deadline = deadline - cfg["reserve_s"]
     log["unet"] = train_unet(
         text_encoder,
         unet,
-        (mean, std),
-        data.ids,
+        bank,
         cfg,
         args,
         device,
         autocast,
         t_start,
         unet_deadline,
+        resumed=bool(args.init_from),
     )
-    del mean, std
+    if args.init_from:
+        # how well the kept scaling_factor fits this data (the scaled latents' std should be ~1)
+        k = min(bank.n, 20_000)
+        gen = torch.Generator(device=device).manual_seed(args.seed + 3)
+        m, sd = bank.mean[:k], bank.std[:k]
+        sample = (m + sd * torch.randn(m.shape, device=device, generator=gen)) * args.scaling_factor
+        log["latents"] = {
+            "scaling_factor": args.scaling_factor,
+            "encoded": bank.n,
+            "scaled_std": float(sample.std()),
+            "scaled_mean": float(sample.mean()),
+        }
+        vae.to("cpu")
+        data.close()
+    log["data"] = {"images": data.count, "seconds": round(data.seconds or 0.0, 1)}
+    del bank
 
     sizes = save_model(args.out, vae, text_encoder, unet)
     log["bytes"] = sizes
