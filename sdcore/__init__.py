@@ -63,7 +63,9 @@ __all__ = [
     "cuda_devices",
     "GeneratedImage",
     "Pipeline",
+    "encode_prompt",
     "load_model",
+    "tokenize",
     "ops",
     "random",
     "samplers",
@@ -72,3 +74,19 @@ __all__ = [
 from sdcore import ops, random, samplers  # noqa: E402
 from sdcore.checkpoint import Model, load_model  # noqa: E402
 from sdcore.pipeline import GeneratedImage, Pipeline  # noqa: E402
+from sdcore.tokenizer import tokenize  # noqa: E402
+
+
+def encode_prompt(model, text, clip_skip=1):
+    """The CLIP conditioning of `text` for a model: float32 (1, 77 * k, hidden).
+
+    `model` is a Pipeline, or a Model from load_model (its text encoder and tokenizer
+    are built for the call). Emphasis and long prompts follow sdcore.prompt's rules."""
+    from sdcore.prompt import encode_prompt as _encode
+    from sdcore.text_encoder import TextEncoder
+    from sdcore.tokenizer import ClipTokenizer
+
+    if isinstance(model, Pipeline):
+        return model.encode_prompt(text, clip_skip=clip_skip)
+    encoder = TextEncoder(model.text_encoder.config, model.text_encoder.weights)
+    return _encode(encoder, ClipTokenizer.load(model.tokenizer_dir), text, clip_skip=clip_skip)

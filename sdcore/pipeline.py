@@ -28,41 +28,68 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "models", "default")
 DEFAULT_MODEL_NAME = "sdcore-shapes"
 
 
-class GeneratedImage:
-    """One generated image: pixels, the settings that made it, and PNG output."""
+class GeneratedImage(np.ndarray):
+    """One generated image: a uint8 NumPy array (H, W, 3) that also knows the settings
+    that made it (prompt, seed, ...) and writes them into its PNG."""
 
-    def __init__(self, array, prompt, negative_prompt, seed, steps, sampler, guidance_scale, model):
-        self.array = array
-        self.prompt = prompt
-        self.negative_prompt = negative_prompt
-        self.seed = seed
-        self.steps = steps
-        self.sampler = sampler
-        self.guidance_scale = guidance_scale
-        self.height, self.width = array.shape[:2]
-        self.parameters = P.infotext(
+    def __new__(cls, array, prompt, negative_prompt, seed, steps, sampler, guidance_scale, model):
+        obj = np.asarray(array, dtype=np.uint8).view(cls)
+        obj.prompt = prompt
+        obj.negative_prompt = negative_prompt
+        obj.seed = seed
+        obj.steps = steps
+        obj.sampler = sampler
+        obj.guidance_scale = guidance_scale
+        obj.parameters = P.infotext(
             prompt,
             negative_prompt,
             steps,
             sampler,
             guidance_scale,
             seed,
-            self.width,
-            self.height,
+            obj.shape[1],
+            obj.shape[0],
             model,
             __version__,
         )
+        return obj
+
+    def __array_finalize__(self, obj):
+        # slices and copies keep the settings of the image they came from
+        for name in (
+            "prompt",
+            "negative_prompt",
+            "seed",
+            "steps",
+            "sampler",
+            "guidance_scale",
+            "parameters",
+        ):
+            setattr(self, name, getattr(obj, name, None))
+
+    @property
+    def array(self):
+        """The pixels as a plain ndarray."""
+        return self.view(np.ndarray)
+
+    @property
+    def width(self):
+        return self.shape[1]
+
+    @property
+    def height(self):
+        return self.shape[0]
 
     def png_bytes(self):
         """The PNG, with the generation parameters in its ``parameters`` text chunk."""
-        return _C.encode_png(self.array, {"parameters": self.parameters})
+        return _C.encode_png(np.ascontiguousarray(self.array), {"parameters": self.parameters})
 
     def save(self, path):
         with open(path, "wb") as f:
             f.write(self.png_bytes())
 
     def __repr__(self):
-        return f"GeneratedImage({self.width}x{self.height}, seed={self.seed})"
+        return f"GeneratedImage({self.shape[1]}x{self.shape[0]}, seed={self.seed})"
 
 
 def _as_list(value, n, field):

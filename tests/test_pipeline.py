@@ -268,3 +268,16 @@ def test_bad_input_names_the_field(model_dir, kwargs, field):
 def test_missing_model_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Pipeline.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_images_are_arrays_and_top_level_helpers(model_dir):
+    path, _ = model_dir
+    ours = Pipeline.from_pretrained(str(path))
+    (img,) = ours("a red circle", num_inference_steps=2, width=64, height=64, seed=3)
+    assert isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.shape == (64, 64, 3)
+    assert img.seed == 3 and "Seed: 3" in img.parameters
+    assert sdcore.tokenize("a red circle")[:4] == [49406, 320, 736, 7117]
+    model = sdcore.load_model(str(path))
+    emb = sdcore.encode_prompt(model, "a red circle")
+    np.testing.assert_array_equal(emb, ours.encode_prompt("a red circle"))
+    assert emb.shape == (1, 77, 32)
