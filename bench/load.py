@@ -75,8 +75,15 @@ async def run_load(target, clients, duration, request, api_key=None, timeout=600
                 images += len(reply.images)
                 codes["OK"] = codes.get("OK", 0) + 1
 
+        warm = {}
+
+        async def sample_after_warm_up():
+            # the first generations plan the engine's buffers; growth is measured after them
+            await asyncio.sleep(min(30.0, duration * 0.1))
+            warm["status"] = await stub.GetStatus(pb.StatusRequest(), metadata=metadata)
+
         t0 = time.monotonic()
-        await asyncio.gather(*(client(i) for i in range(clients)))
+        await asyncio.gather(sample_after_warm_up(), *(client(i) for i in range(clients)))
         elapsed = time.monotonic() - t0
         end_status = await stub.GetStatus(pb.StatusRequest(), metadata=metadata)
     return {
@@ -90,6 +97,8 @@ async def run_load(target, clients, duration, request, api_key=None, timeout=600
         "codes": codes,
         "rss_start_mib": start_status.rss_bytes / 2**20,
         "rss_end_mib": end_status.rss_bytes / 2**20,
+        "rss_warm_mib": warm["status"].rss_bytes / 2**20,
+        "rss_growth_after_warm_up": end_status.rss_bytes / warm["status"].rss_bytes - 1,
         "model": end_status.model,
         "device": end_status.device,
     }
@@ -156,7 +165,9 @@ def report(label, stats):
         f"{stats['seconds']:.1f} s, {stats['clients']} clients); latency p50 "
         f"{stats['p50_s']:.3f} s, p99 {stats['p99_s']:.3f} s; rejections "
         f"{stats['rejections']}{'; errors ' + codes if codes else ''}; server RSS "
-        f"{stats['rss_start_mib']:.0f} MiB at start, {stats['rss_end_mib']:.0f} MiB at end"
+        f"{stats['rss_start_mib']:.0f} MiB at start, {stats['rss_warm_mib']:.0f} MiB after "
+        f"warm-up, {stats['rss_end_mib']:.0f} MiB at end "
+        f"(growth after warm-up {100 * stats['rss_growth_after_warm_up']:+.1f}%)"
     )
 
 
