@@ -37,5 +37,10 @@ def test_scale_matches_cpu(rng):
 
 def test_missing_cuda_op_is_a_clear_error():
     with pytest.raises(sdcore.UnsupportedError, match="not implemented on the cuda backend"):
-        ops.group_norm(np.ones((1, 4, 2), np.float32), np.ones(4, np.float32),
-                       np.zeros(4, np.float32), 2, device="cuda")
+        ops.group_norm(
+            np.ones((1, 4, 2), np.float32),
+            np.ones(4, np.float32),
+            np.zeros(4, np.float32),
+            2,
+            device="cuda",
+        )

@@ -51,6 +51,8 @@ def test_pad_bottom_right(rng):
     x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
     ref = F.pad(torch.from_numpy(x), (0, 1, 0, 1)).numpy()
     assert np.array_equal(ops.pad_bottom_right(x, 1, 1), ref)
-    assert np.array_equal(ops.pad_bottom_right(x, 2, 0), np.pad(x, ((0, 0), (0, 0), (0, 2), (0, 0))))
+    assert np.array_equal(
+        ops.pad_bottom_right(x, 2, 0), np.pad(x, ((0, 0), (0, 0), (0, 2), (0, 0)))
+    )
     with pytest.raises(ValueError, match="padding"):
         ops.pad_bottom_right(x, -1, 0)
