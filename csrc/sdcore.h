@@ -83,6 +83,8 @@ float sd_bf16_to_f32(uint16_t h);
 uint16_t sd_f32_to_bf16(float f);
 /* Widen n elements of `src` (any dtype) into f32 `dst`. */
 void sd_widen_to_f32(const void *src, sd_dtype dtype, float *dst, int64_t n);
+/* Round n f32 elements into `dst` of `dtype` (a copy for f32). */
+void sd_narrow_from_f32(const float *src, sd_dtype dtype, void *dst, int64_t n);
 
 /* ---------------------------------------------------------------- weights --- */
 
@@ -179,6 +181,9 @@ struct sd_backend {
     sd_status (*mul)(const sd_backend *be, const sd_tensor *a, const sd_tensor *b, sd_tensor *out);
     /* out = x * s */
     sd_status (*scale)(const sd_backend *be, const sd_tensor *x, float s, sd_tensor *out);
+    /* out = x in out's dtype (same shape): f32, f16 and bf16 each way, rounding to
+     * nearest even; the model's boundary between f32 inputs and f16 activations */
+    sd_status (*convert)(const sd_backend *be, const sd_tensor *x, sd_tensor *out);
     /* timesteps (N) -> out (N, dim): sinusoidal embedding as diffusers' get_timestep_embedding */
     sd_status (*timestep_embedding)(const sd_backend *be, const sd_tensor *timesteps, int dim,
                                     int flip_sin_to_cos, float downscale_freq_shift,

@@ -21,6 +21,107 @@ sd_status cuda_check(cudaError_t err, const char *what) {
                         cudaGetErrorName(err));
 }
 
+// ----------------------------------------------------------------- stream -----
+
+static cudaStream_t g_stream = nullptr;
+
+cudaStream_t cuda_stream() { return g_stream; }
+
+// Created on the first allocation, i.e. before any op can run.
+static sd_status ensure_stream() {
+    if (g_stream)
+        return SD_OK;
+    return cuda_check(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking),
+                      "cudaStreamCreateWithFlags");
+}
+
+// ----------------------------------------------------------------- scratch ----
+
+static void *g_scratch[SCRATCH_SLOTS];
+static size_t g_scratch_bytes[SCRATCH_SLOTS];
+
+sd_status cuda_scratch(cuda_scratch_slot slot, size_t bytes, void **out) {
+    if (bytes > g_scratch_bytes[slot]) {
+        // earlier kernels may still read the old buffer
+        SD_TRY(cuda_check(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize (scratch)"));
+        if (g_scratch[slot])
+            cudaFree(g_scratch[slot]);
+        g_scratch[slot] = nullptr;
+        g_scratch_bytes[slot] = 0;
+        size_t grown = bytes + bytes / 4; // headroom: fewer regrowths as shapes vary
+        SD_TRY(cuda_check(cudaMalloc(&g_scratch[slot], grown), "cudaMalloc (scratch)"));
+        g_scratch_bytes[slot] = grown;
+    }
+    *out = g_scratch[slot];
+    return SD_OK;
+}
+
+// ----------------------------------------------------------------- checks -----
+
+sd_status cuda_need(const sd_tensor *t, const char *op, const char *arg) {
+    if (!t || !t->data)
+        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' is missing", op, arg);
+    if (t->device != SD_CUDA)
+        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' is not on the GPU", op, arg);
+    if (t->ndim < 1 || t->ndim > SD_MAX_DIMS)
+        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' has %d dims", op, arg, t->ndim);
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] < 1)
+            return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' has an empty dim %d", op, arg,
+                                i);
+    if (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16)
+        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' has an unknown dtype", op, arg);
+    return SD_OK;
+}
+
+sd_status cuda_need_ndim(const sd_tensor *t, int ndim, const char *op, const char *arg) {
+    SD_TRY(cuda_need(t, op, arg));
+    if (t->ndim != ndim)
+        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' must have %d dims, got %d", op,
+                            arg, ndim, t->ndim);
+    return SD_OK;
+}
+
+static const char *shape_text(const sd_tensor *t, char *buf, size_t len) {
+    int at = std::snprintf(buf, len, "(");
+    for (int i = 0; i < t->ndim && at < (int)len; i++)
+        at += std::snprintf(buf + at, len - at, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+    if (at < (int)len)
+        std::snprintf(buf + at, len - at, t->ndim == 1 ? ",)" : ")");
+    return buf;
+}
+
+sd_status cuda_need_shape(const sd_tensor *like, const sd_tensor *t, const char *op,
+                          const char *arg) {
+    bool same = like->ndim == t->ndim;
+    for (int i = 0; same && i < t->ndim; i++)
+        same = like->shape[i] == t->shape[i];
+    if (!same) {
+        char a[96], b[96];
+        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' has shape %s, expected %s", op,
+                            arg, shape_text(t, b, sizeof b), shape_text(like, a, sizeof a));
+    }
+    return SD_OK;
+}
+
+sd_status cuda_need_dtype(const sd_tensor *like, const sd_tensor *t, const char *op,
+                          const char *arg) {
+    if (like->dtype != t->dtype)
+        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' is %s, expected %s like the input",
+                            op, arg, cuda_dtype_name(t->dtype), cuda_dtype_name(like->dtype));
+    return SD_OK;
+}
+
+sd_status cuda_need_vector(const sd_tensor *t, int64_t len, const char *op, const char *arg) {
+    SD_TRY(cuda_need(t, op, arg));
+    if (t->ndim != 1 || t->shape[0] != len)
+        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' must have shape (%lld,)", op, arg,
+                            (long long)len);
+    return SD_OK;
+}
+
+// ----------------------------------------------------------------- devices ----
+
 static sd_status device_count(int *count) {
     *count = 0;
     int n = 0;
@@ -53,6 +154,7 @@ static sd_status device_info(int index, sd_cuda_device_info *info) {
 }
 
 static sd_status cuda_alloc(const sd_backend *, sd_tensor *t) {
+    SD_TRY(ensure_stream());
     size_t bytes = sd_nbytes_dev(t);
     void *p = nullptr;
     SD_TRY(cuda_check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc"));
@@ -62,23 +164,34 @@ static sd_status cuda_alloc(const sd_backend *, sd_tensor *t) {
 }
 
 static void cuda_free(const sd_backend *, sd_tensor *t) {
-    if (t->data)
+    if (t->data) {
+        // work queued on the stream may still use it; cudaFree waits for the device
         cudaFree(t->data);
+    }
     t->data = nullptr;
 }
 
+// Copies are ordered on the op stream and complete before returning (the host
+// buffer is the caller's to reuse at once).
 static sd_status cuda_upload(const sd_backend *, sd_tensor *dst, const void *src) {
-    return cuda_check(cudaMemcpy(dst->data, src, sd_nbytes_dev(dst), cudaMemcpyHostToDevice),
-                      "upload (cudaMemcpy host to device)");
+    SD_TRY(ensure_stream());
+    SD_TRY(cuda_check(cudaMemcpyAsync(dst->data, src, sd_nbytes_dev(dst), cudaMemcpyHostToDevice,
+                                      g_stream),
+                      "upload (cudaMemcpyAsync host to device)"));
+    return cuda_check(cudaStreamSynchronize(g_stream), "upload (cudaStreamSynchronize)");
 }
 
 static sd_status cuda_download(const sd_backend *, void *dst, const sd_tensor *src) {
-    return cuda_check(cudaMemcpy(dst, src->data, sd_nbytes_dev(src), cudaMemcpyDeviceToHost),
-                      "download (cudaMemcpy device to host)");
+    SD_TRY(ensure_stream());
+    SD_TRY(cuda_check(cudaMemcpyAsync(dst, src->data, sd_nbytes_dev(src), cudaMemcpyDeviceToHost,
+                                      g_stream),
+                      "download (cudaMemcpyAsync device to host)"));
+    return cuda_check(cudaStreamSynchronize(g_stream), "download (cudaStreamSynchronize)");
 }
 
 static sd_status cuda_synchronize(const sd_backend *) {
-    return cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    SD_TRY(ensure_stream());
+    return cuda_check(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize");
 }
 
 static sd_backend make_backend() {
@@ -91,7 +204,13 @@ static sd_backend make_backend() {
     be.upload = cuda_upload;
     be.download = cuda_download;
     be.synchronize = cuda_synchronize;
-    cuda_fill_ops(&be);
+    cuda_fill_elementwise(&be);
+    cuda_fill_activation(&be);
+    cuda_fill_layout(&be);
+    cuda_fill_norm(&be);
+    cuda_fill_attention(&be);
+    cuda_fill_matmul(&be);
+    cuda_fill_conv2d(&be);
     return be;
 }
 

@@ -3,13 +3,24 @@
 Each takes float32 arrays (weights may also be float16) and ``device="cpu"`` or
 ``"cuda"``, and returns a new float32 array. Shapes follow sdcore.h: NCHW images,
 (B, T, C) sequences, attention heads packed as (B, T, H*D).
+
+On the GPU the float32 operands can be staged in float16 or bfloat16, so that the ops
+run the kernels the models use::
+
+    with ops.staging_dtype("float16"):
+        y = ops.group_norm(x, gamma, beta, 32, device="cuda")  # computed in float16
 """
+
+import contextlib
 
 from sdcore._C import (
     add,
     attention,
     concat_channels,
     conv2d,
+    convert,
+    get_staging_dtype,
+    set_staging_dtype,
     embedding,
     geglu,
     gelu,
@@ -36,6 +47,7 @@ __all__ = [
     "attention",
     "concat_channels",
     "conv2d",
+    "convert",
     "embedding",
     "geglu",
     "gelu",
@@ -51,8 +63,20 @@ __all__ = [
     "scale",
     "silu",
     "softmax",
+    "staging_dtype",
     "timestep_embedding",
     "transpose_last2",
     "upsample_nearest2x",
     "widen",
 ]
+
+
+@contextlib.contextmanager
+def staging_dtype(name):
+    """Within the block, GPU ops take their float32 operands in dtype `name`."""
+    previous = get_staging_dtype()
+    set_staging_dtype(name)
+    try:
+        yield
+    finally:
+        set_staging_dtype(previous)

@@ -6,9 +6,15 @@
  * result back. */
 #include "binding.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_OPERANDS 6
+
+/* On a GPU backend, float32 operands are staged (and the result computed) in this
+ * dtype: float16 runs the kernels the models use; tests set it with
+ * set_staging_dtype(). Process-wide, like the backend choice. */
+static sd_dtype g_staging_dtype = SD_F32;
 
 typedef struct {
     const char *op;
@@ -76,6 +82,24 @@ static void call_free_device(op_call *c) {
         c->be->free(c->be, &c->out_dev);
 }
 
+/* Upload host tensor `h` into `d` (allocated here) in dtype `dt`. */
+static sd_status stage_one(const sd_backend *be, const sd_tensor *h, sd_dtype dt, sd_tensor *d) {
+    *d = *h;
+    d->data = NULL;
+    d->dtype = h->dtype == SD_F32 ? dt : h->dtype;
+    SD_TRY(be->alloc(be, d));
+    if (d->dtype == h->dtype)
+        return be->upload(be, d, h->data);
+    int64_t n = sd_numel(h);
+    void *tmp = malloc((size_t)n * 2);
+    if (!tmp)
+        return sd_fail(SD_ERR_NOMEM, "out of host memory staging %lld elements", (long long)n);
+    sd_narrow_from_f32(h->data, d->dtype, tmp, n);
+    sd_status s = be->upload(be, d, tmp);
+    free(tmp);
+    return s;
+}
+
 /* Copy inputs to the backend and allocate the output there (no GIL needed). */
 static sd_status call_stage(op_call *c) {
     if (c->be->device == SD_CPU)
@@ -83,14 +107,27 @@ static sd_status call_stage(op_call *c) {
     for (int i = 0; i < c->n_in; i++) {
         if (!c->present[i])
             continue;
-        c->dev[i] = c->host[i];
-        c->dev[i].data = NULL;
-        SD_TRY(c->be->alloc(c->be, &c->dev[i]));
-        SD_TRY(c->be->upload(c->be, &c->dev[i], c->host[i].data));
+        SD_TRY(stage_one(c->be, &c->host[i], g_staging_dtype, &c->dev[i]));
     }
     c->out_dev = c->out_host;
     c->out_dev.data = NULL;
+    c->out_dev.dtype = g_staging_dtype;
     return c->be->alloc(c->be, &c->out_dev);
+}
+
+/* Bring the device result into the float32 output array, widening a half result. */
+static sd_status fetch_result(op_call *c) {
+    if (c->out_dev.dtype == SD_F32)
+        return c->be->download(c->be, c->out_host.data, &c->out_dev);
+    int64_t n = sd_numel(&c->out_dev);
+    void *tmp = malloc((size_t)n * 2);
+    if (!tmp)
+        return sd_fail(SD_ERR_NOMEM, "out of host memory for %lld elements", (long long)n);
+    sd_status s = c->be->download(c->be, tmp, &c->out_dev);
+    if (s == SD_OK)
+        sd_widen_to_f32(tmp, c->out_dev.dtype, c->out_host.data, n);
+    free(tmp);
+    return s;
 }
 
 static sd_status call_unstage(op_call *c, sd_status s) {
@@ -99,7 +136,7 @@ static sd_status call_unstage(op_call *c, sd_status s) {
     if (s == SD_OK)
         s = c->be->synchronize(c->be);
     if (s == SD_OK)
-        s = c->be->download(c->be, c->out_host.data, &c->out_dev);
+        s = fetch_result(c);
     call_free_device(c);
     return s;
 }
@@ -489,6 +526,90 @@ static PyObject *py_transpose_last2(PyObject *self, PyObject *args, PyObject *kw
     RUN_OP(c, transpose_last2, c.be->transpose_last2(c.be, call_in(&c, 0), call_out(&c)));
 }
 
+static int parse_dtype(const char *name, sd_dtype *out) {
+    if (!strcmp(name, "float32"))
+        *out = SD_F32;
+    else if (!strcmp(name, "float16"))
+        *out = SD_F16;
+    else if (!strcmp(name, "bfloat16"))
+        *out = SD_BF16;
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "dtype must be 'float32', 'float16' or 'bfloat16', got '%s'", name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_set_staging_dtype(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (!name) {
+        PyErr_SetString(PyExc_TypeError, "set_staging_dtype: expected a dtype name");
+        return NULL;
+    }
+    sd_dtype dt;
+    if (parse_dtype(name, &dt) < 0)
+        return NULL;
+    g_staging_dtype = dt;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_staging_dtype(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(sd_dtype_name(g_staging_dtype));
+}
+
+/* convert(x, dtype): x rounded to dtype by the backend's convert, returned as float32 */
+static PyObject *py_convert(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "dtype", "device", NULL};
+    PyObject *x;
+    const char *dtype = "float16", *device = "cpu";
+    op_call c;
+    sd_dtype to;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ss:convert", kwlist, &x, &dtype, &device) ||
+        parse_dtype(dtype, &to) < 0 || call_begin(&c, "convert", device) < 0 ||
+        call_input(&c, x, "x", 1, 1, 4, 0) < 0 || call_output(&c, c.host[0].ndim, c.host[0].shape) < 0)
+        return NULL;
+    if (!c.be->convert)
+        return unsupported(&c);
+    sd_status s;
+    Py_BEGIN_ALLOW_THREADS;
+    /* the input as given, the output in `to`: each way through the backend's convert */
+    sd_tensor mid = c.host[0];
+    mid.dtype = to;
+    mid.data = NULL;
+    if (c.be->device == SD_CPU) {
+        mid.data = malloc(sd_nbytes(&mid));
+        s = mid.data ? SD_OK : sd_fail(SD_ERR_NOMEM, "convert: out of host memory");
+        if (s == SD_OK)
+            s = c.be->convert(c.be, &c.host[0], &mid);
+        if (s == SD_OK)
+            s = c.be->convert(c.be, &mid, &c.out_host);
+        free(mid.data);
+    } else {
+        s = stage_one(c.be, &c.host[0], c.host[0].dtype, &c.dev[0]);
+        c.present[0] = 1;
+        if (s == SD_OK)
+            s = c.be->alloc(c.be, &mid);
+        c.out_dev = c.out_host;
+        c.out_dev.data = NULL;
+        if (s == SD_OK)
+            s = c.be->alloc(c.be, &c.out_dev);
+        if (s == SD_OK)
+            s = c.be->convert(c.be, &c.dev[0], &mid);
+        if (s == SD_OK)
+            s = c.be->convert(c.be, &mid, &c.out_dev);
+        s = call_unstage(&c, s);
+        if (mid.data)
+            c.be->free(c.be, &mid);
+    }
+    Py_END_ALLOW_THREADS;
+    return call_end(&c, s);
+}
+
 #define KW (PyCFunction)(void (*)(void))
 PyMethodDef sd_ops_methods[] = {
     {"linear", KW py_linear, METH_VARARGS | METH_KEYWORDS,
@@ -517,6 +638,11 @@ PyMethodDef sd_ops_methods[] = {
     {"add", KW py_add, METH_VARARGS | METH_KEYWORDS, "add(a, b): b same shape, trailing or (B, C)"},
     {"mul", KW py_mul, METH_VARARGS | METH_KEYWORDS, "mul(a, b): b same shape, trailing or (B, C)"},
     {"scale", KW py_scale, METH_VARARGS | METH_KEYWORDS, "scale(x, s) = x * s"},
+    {"convert", KW py_convert, METH_VARARGS | METH_KEYWORDS,
+     "convert(x, dtype='float16'): x rounded to dtype on the backend, as float32"},
+    {"set_staging_dtype", py_set_staging_dtype, METH_O,
+     "set_staging_dtype(name): on a GPU, run the ops on float32 arrays in this dtype"},
+    {"get_staging_dtype", py_get_staging_dtype, METH_NOARGS, "the dtype set_staging_dtype set"},
     {"timestep_embedding", KW py_timestep_embedding, METH_VARARGS | METH_KEYWORDS,
      "timestep_embedding(timesteps (N), dim, flip_sin_to_cos=True, downscale_freq_shift=0)"},
     {"embedding", KW py_embedding, METH_VARARGS | METH_KEYWORDS,

@@ -121,3 +121,20 @@ void sd_widen_to_f32(const void *src, sd_dtype dtype, float *dst, int64_t n) {
             dst[i] = sd_bf16_to_f32(h[i]);
     }
 }
+
+void sd_narrow_from_f32(const float *src, sd_dtype dtype, void *dst, int64_t n) {
+    if (dtype == SD_F32) {
+        memcpy(dst, src, (size_t)n * 4);
+        return;
+    }
+    uint16_t *h = dst;
+    if (dtype == SD_F16) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t i = 0; i < n; i++)
+            h[i] = sd_f32_to_f16(src[i]);
+    } else {
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t i = 0; i < n; i++)
+            h[i] = sd_f32_to_bf16(src[i]);
+    }
+}

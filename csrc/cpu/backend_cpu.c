@@ -434,6 +434,34 @@ static sd_status cpu_scale(const sd_backend *be, const sd_tensor *x, float s, sd
     return SD_OK;
 }
 
+/* Any dtype to any dtype through f32 (exact for the widening direction). */
+static sd_status cpu_convert(const sd_backend *be, const sd_tensor *x, sd_tensor *out) {
+    (void)be;
+    SD_TRY(need(x, "convert", "x"));
+    SD_TRY(need(out, "convert", "out"));
+    SD_TRY(need_same_shape(x, out, "convert", "out"));
+    int64_t n = sd_numel(x);
+    if (x->dtype == out->dtype) {
+        memmove(out->data, x->data, sd_nbytes(x));
+        return SD_OK;
+    }
+    if (x->dtype == SD_F32) {
+        sd_narrow_from_f32(x->data, out->dtype, out->data, n);
+        return SD_OK;
+    }
+    if (out->dtype == SD_F32) {
+        sd_widen_to_f32(x->data, x->dtype, out->data, n);
+        return SD_OK;
+    }
+    float *tmp = malloc((size_t)n * sizeof(float));
+    if (!tmp)
+        return sd_fail(SD_ERR_NOMEM, "convert: out of memory for %lld elements", (long long)n);
+    sd_widen_to_f32(x->data, x->dtype, tmp, n);
+    sd_narrow_from_f32(tmp, out->dtype, out->data, n);
+    free(tmp);
+    return SD_OK;
+}
+
 static sd_status cpu_timestep_embedding(const sd_backend *be, const sd_tensor *timesteps, int dim,
                                         int flip_sin_to_cos, float downscale_freq_shift,
                                         sd_tensor *out) {
@@ -553,6 +581,7 @@ static const sd_backend cpu_backend = {
     .add = cpu_add,
     .mul = cpu_mul,
     .scale = cpu_scale,
+    .convert = cpu_convert,
     .timestep_embedding = cpu_timestep_embedding,
     .transpose_last2 = cpu_transpose_last2,
     .embedding = cpu_embedding,

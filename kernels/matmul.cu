@@ -1,0 +1,182 @@
+// linear and matmul on the CUDA backend: cuBLAS GEMMs with f32 accumulation, plus the
+// helpers conv2d shares (dtype casts of weights, bias adds).
+#include <cublas_v2.h>
+
+#include "cuda_common.cuh"
+
+static cublasHandle_t g_cublas = nullptr;
+static void *g_cublas_workspace = nullptr;
+
+static sd_status cublas_check(cublasStatus_t st, const char *what) {
+    if (st == CUBLAS_STATUS_SUCCESS)
+        return SD_OK;
+    sd_status status = st == CUBLAS_STATUS_ALLOC_FAILED ? SD_ERR_NOMEM : SD_ERR_DEVICE;
+    return g_host->fail(status, "%s: cuBLAS error %d (%s)", what, (int)st,
+                        cublasGetStatusString(st));
+}
+
+// One handle on the op stream with a fixed workspace: cuBLAS must not allocate while a
+// graph is being captured.
+static sd_status cublas_handle(cublasHandle_t *out) {
+    if (!g_cublas) {
+        cublasHandle_t h;
+        SD_TRY(cublas_check(cublasCreate(&h), "cublasCreate"));
+        const size_t workspace = 32u << 20;
+        if (cuda_check(cudaMalloc(&g_cublas_workspace, workspace), "cudaMalloc (cuBLAS workspace)") !=
+            SD_OK) {
+            cublasDestroy(h);
+            return SD_ERR_NOMEM;
+        }
+        SD_TRY(cublas_check(cublasSetWorkspace(h, g_cublas_workspace, workspace),
+                            "cublasSetWorkspace"));
+        g_cublas = h;
+    }
+    SD_TRY(cublas_check(cublasSetStream(g_cublas, cuda_stream()), "cublasSetStream"));
+    *out = g_cublas;
+    return SD_OK;
+}
+
+static cudaDataType cuda_type(sd_dtype d) {
+    return d == SD_F32 ? CUDA_R_32F : d == SD_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+sd_status cuda_gemm(bool trans_b, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                    int64_t stride_a, const void *B, int64_t ldb, int64_t stride_b, void *C,
+                    int64_t ldc, int64_t stride_c, int64_t batch, sd_dtype ab, sd_dtype c,
+                    bool accumulate) {
+    if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || batch > INT32_MAX)
+        return g_host->fail(SD_ERR_UNSUPPORTED, "GEMM of %lld x %lld x %lld is too large",
+                            (long long)M, (long long)N, (long long)K);
+    cublasHandle_t h;
+    SD_TRY(cublas_handle(&h));
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    // Row-major C = A op(B) is column-major C^T = op(B)^T A^T: cuBLAS sees B first.
+    cublasOperation_t opb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasStatus_t st;
+    if (batch == 1)
+        st = cublasGemmEx(h, opb, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, B, cuda_type(ab),
+                          (int)ldb, A, cuda_type(ab), (int)lda, &beta, C, cuda_type(c), (int)ldc,
+                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    else
+        st = cublasGemmStridedBatchedEx(h, opb, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, B,
+                                        cuda_type(ab), (int)ldb, stride_b, A, cuda_type(ab),
+                                        (int)lda, stride_a, &beta, C, cuda_type(c), (int)ldc,
+                                        stride_c, (int)batch, CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT);
+    return cublas_check(st, "cublasGemmEx");
+}
+
+template <typename S, typename D> __global__ void cast_kernel(const S *x, D *out, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = from_f32<D>(to_f32(x[i]));
+}
+
+sd_status cuda_as_dtype(const sd_tensor *w, sd_dtype want, cuda_scratch_slot slot,
+                        const void **out) {
+    if (w->dtype == want) {
+        *out = w->data;
+        return SD_OK;
+    }
+    int64_t n = cuda_numel(w);
+    void *buf;
+    SD_TRY(cuda_scratch(slot, (size_t)n * cuda_dtype_size(want), &buf));
+    CUDA_DISPATCH(w->dtype, S,
+                  CUDA_DISPATCH(want, D,
+                                cast_kernel<S, D><<<cuda_blocks(n, 256), 256, 0, cuda_stream()>>>(
+                                    (const S *)w->data, (D *)buf, n)));
+    *out = buf;
+    return cuda_launched("cast_kernel");
+}
+
+template <typename T, typename B>
+__global__ void add_bias_rows_kernel(T *out, const B *bias, int64_t rows, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < rows * n)
+        st_f32(out, i, ld_f32(out, i) + to_f32(bias[i % n]));
+}
+
+sd_status cuda_add_bias_rows(void *out, sd_dtype dt, const sd_tensor *bias, int64_t rows,
+                             int64_t n) {
+    int64_t total = rows * n;
+    CUDA_DISPATCH(dt, T,
+                  CUDA_DISPATCH(bias->dtype, B,
+                                add_bias_rows_kernel<T, B>
+                                <<<cuda_blocks(total, 256), 256, 0, cuda_stream()>>>(
+                                    (T *)out, (const B *)bias->data, rows, n)));
+    return cuda_launched("add_bias_rows_kernel");
+}
+
+template <typename T, typename B>
+__global__ void add_bias_channels_kernel(T *out, const B *bias, int64_t channels, int64_t plane,
+                                         int64_t total) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total)
+        st_f32(out, i, ld_f32(out, i) + to_f32(bias[(i / plane) % channels]));
+}
+
+sd_status cuda_add_bias_channels(void *out, sd_dtype dt, const sd_tensor *bias, int64_t planes,
+                                 int64_t channels, int64_t plane) {
+    int64_t total = planes * channels * plane;
+    CUDA_DISPATCH(dt, T,
+                  CUDA_DISPATCH(bias->dtype, B,
+                                add_bias_channels_kernel<T, B>
+                                <<<cuda_blocks(total, 256), 256, 0, cuda_stream()>>>(
+                                    (T *)out, (const B *)bias->data, channels, plane, total)));
+    return cuda_launched("add_bias_channels_kernel");
+}
+
+// x (..., K), w (N, K), bias (N) or NULL -> out (..., N)
+static sd_status cuda_linear(const sd_backend *, const sd_tensor *x, const sd_tensor *w,
+                             const sd_tensor *bias, sd_tensor *out) {
+    SD_TRY(cuda_need(x, "linear", "x"));
+    SD_TRY(cuda_need_ndim(w, 2, "linear", "weight"));
+    SD_TRY(cuda_need(out, "linear", "out"));
+    SD_TRY(cuda_need_dtype(x, out, "linear", "out"));
+    int64_t K = x->shape[x->ndim - 1], N = w->shape[0];
+    if (w->shape[1] != K)
+        return g_host->fail(SD_ERR_INVALID,
+                            "linear: argument 'weight' has %lld input features, 'x' has %lld",
+                            (long long)w->shape[1], (long long)K);
+    if (bias)
+        SD_TRY(cuda_need_vector(bias, N, "linear", "bias"));
+    int64_t M = cuda_numel(x) / K;
+    if (out->ndim != x->ndim || out->shape[out->ndim - 1] != N || cuda_numel(out) != M * N)
+        return g_host->fail(SD_ERR_INVALID, "linear: argument 'out' must be x's shape with %lld "
+                                            "features last",
+                            (long long)N);
+    const void *wd;
+    SD_TRY(cuda_as_dtype(w, x->dtype, SCRATCH_CAST_A, &wd));
+    SD_TRY(cuda_gemm(true, M, N, K, x->data, K, 0, wd, K, 0, out->data, N, 0, 1, x->dtype,
+                     out->dtype, false));
+    if (bias)
+        SD_TRY(cuda_add_bias_rows(out->data, out->dtype, bias, M, N));
+    return SD_OK;
+}
+
+// a (M, K) @ b (K, N), or b (N, K) with trans_b -> out (M, N)
+static sd_status cuda_matmul(const sd_backend *, const sd_tensor *a, const sd_tensor *b,
+                             int trans_b, sd_tensor *out) {
+    SD_TRY(cuda_need_ndim(a, 2, "matmul", "a"));
+    SD_TRY(cuda_need_ndim(b, 2, "matmul", "b"));
+    SD_TRY(cuda_need_ndim(out, 2, "matmul", "out"));
+    SD_TRY(cuda_need_dtype(a, out, "matmul", "out"));
+    int64_t M = a->shape[0], K = a->shape[1];
+    int64_t N = trans_b ? b->shape[0] : b->shape[1];
+    int64_t Kb = trans_b ? b->shape[1] : b->shape[0];
+    if (Kb != K)
+        return g_host->fail(SD_ERR_INVALID, "matmul: inner dims differ: 'a' has %lld, 'b' has %lld",
+                            (long long)K, (long long)Kb);
+    if (out->shape[0] != M || out->shape[1] != N)
+        return g_host->fail(SD_ERR_INVALID, "matmul: argument 'out' must have shape (%lld, %lld)",
+                            (long long)M, (long long)N);
+    const void *bd;
+    SD_TRY(cuda_as_dtype(b, a->dtype, SCRATCH_CAST_A, &bd));
+    return cuda_gemm(trans_b != 0, M, N, K, a->data, K, 0, bd, b->shape[1], 0, out->data, N, 0, 1,
+                     a->dtype, out->dtype, false);
+}
+
+void cuda_fill_matmul(sd_backend *be) {
+    be->linear = cuda_linear;
+    be->matmul = cuda_matmul;
+}
