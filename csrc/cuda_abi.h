@@ -12,7 +12,7 @@
 extern "C" {
 #endif
 
-#define SD_CUDA_ABI_VERSION 1
+#define SD_CUDA_ABI_VERSION 2
 
 typedef struct {
     int abi_version;
@@ -26,6 +26,8 @@ typedef struct {
     const sd_backend *backend;
     sd_status (*device_count)(int *count);
     sd_status (*device_info)(int index, sd_cuda_device_info *info);
+    /* free and total bytes of the current device (cudaMemGetInfo) */
+    sd_status (*memory_info)(size_t *free_bytes, size_t *total_bytes);
 } sd_cuda_lib;
 
 /* Exported by libsdcore_cuda.so under this name. */

@@ -119,6 +119,12 @@ const char *sd_weights_metadata_value(const sd_weights *w, int64_t i);
 sd_status sd_weights_require(const sd_weights *w, const char *name, int ndim,
                              const int64_t *shape, const sd_tensor **out);
 
+/* A copy of every tensor of `src` in the memory of backend `be` (not the CPU), each
+ * converted to `dtype`; names and metadata are kept. The copy owns its device memory. */
+typedef struct sd_backend sd_backend;
+sd_status sd_weights_to_backend(const sd_weights *src, const sd_backend *be, sd_dtype dtype,
+                                sd_weights **out);
+
 /* ---------------------------------------------------------------- backend --- */
 
 /* Every op writes into an `out` tensor the caller allocated with the right shape.
@@ -126,7 +132,6 @@ sd_status sd_weights_require(const sd_weights *w, const char *name, int ndim,
  * the affine parameters of the norms) may be f32, f16 or bf16 and are widened.
  * An op checks its shapes and dtypes and returns SD_ERR_INVALID with a message
  * naming the argument, never touching memory out of range. */
-typedef struct sd_backend sd_backend;
 struct sd_backend {
     const char *name;
     sd_device device;
@@ -220,6 +225,8 @@ typedef struct {
  * SD_ERR_UNSUPPORTED and a message saying why; *count is then 0. */
 sd_status sd_cuda_device_count(int *count);
 sd_status sd_cuda_device_info_get(int index, sd_cuda_device_info *info);
+/* Free and total memory of the device in use, in bytes. */
+sd_status sd_cuda_memory_info(size_t *free_bytes, size_t *total_bytes);
 
 /* Set the directory searched for libsdcore_cuda.so (the binding passes the package dir). */
 void sd_set_library_dir(const char *dir);

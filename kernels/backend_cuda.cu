@@ -153,6 +153,10 @@ static sd_status device_info(int index, sd_cuda_device_info *info) {
     return SD_OK;
 }
 
+static sd_status memory_info(size_t *free_bytes, size_t *total_bytes) {
+    return cuda_check(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+}
+
 static sd_status cuda_alloc(const sd_backend *, sd_tensor *t) {
     SD_TRY(ensure_stream());
     size_t bytes = sd_nbytes_dev(t);
@@ -227,6 +231,7 @@ sd_cuda_lib_init(const sd_host_api *host, const sd_cuda_lib **out) {
     g_lib.backend = &g_backend;
     g_lib.device_count = device_count;
     g_lib.device_info = device_info;
+    g_lib.memory_info = memory_info;
     *out = &g_lib;
     return SD_OK;
 }

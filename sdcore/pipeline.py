@@ -18,6 +18,7 @@ import numpy as np
 from sdcore import _C, __version__
 from sdcore import params as P
 from sdcore.checkpoint import load_model
+from sdcore.devices import compute_dtype, place_weights, require_cuda
 from sdcore.prompt import chunk_count, encode_prompt
 from sdcore.samplers import SAMPLERS
 from sdcore.text_encoder import TextEncoder
@@ -103,18 +104,32 @@ def _as_list(value, n, field):
 class Pipeline:
     """The text encoder, UNet, VAE and samplers of one model, ready to generate."""
 
-    def __init__(self, model, device="cpu"):
+    def __init__(self, model, device="cpu", dtype=None):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device: must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            require_cuda()
         self.model = model
         self.name = model.name
         self.device = device
+        self.dtype = compute_dtype(device, dtype)
         self.tokenizer = ClipTokenizer.load(model.tokenizer_dir)
         self.text_encoder = TextEncoder(
-            model.text_encoder.config, model.text_encoder.weights, device=device
+            model.text_encoder.config, model.text_encoder.weights, device=device, dtype=self.dtype
         )
-        self.unet = _C.UNet(model.unet.weights, model.unet.config, device=device)
-        self.vae = VAE(model.vae.config, model.vae.weights, device=device, with_encoder=False)
+        self.unet = _C.UNet(
+            place_weights(model.unet.weights, device, self.dtype),
+            model.unet.config,
+            device=device,
+            dtype=self.dtype,
+        )
+        self.vae = VAE(
+            model.vae.config,
+            model.vae.weights,
+            device=device,
+            with_encoder=False,
+            dtype=self.dtype,
+        )
         self.vae_scaling_factor = self.vae.scaling_factor
         self.scheduler_config = model.scheduler_config
         self.samplers = list(SAMPLERS)
@@ -128,9 +143,10 @@ class Pipeline:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, path=None, device="cpu"):
+    def from_pretrained(cls, path=None, device="cpu", dtype=None):
         """Load a model: a diffusers folder or a single .safetensors file; None: the model
-        that ships with sdcore."""
+        that ships with sdcore. On ``device="cuda"`` the weights are copied to the GPU and
+        the models compute in ``dtype`` (default float16; "bfloat16" and "float32" too)."""
         if path is None:
             path = DEFAULT_MODEL
             if not os.path.exists(path):
@@ -141,7 +157,7 @@ class Pipeline:
         model.is_default = os.path.abspath(path) == os.path.abspath(DEFAULT_MODEL)
         if model.is_default:
             model.name = DEFAULT_MODEL_NAME
-        return cls(model, device=device)
+        return cls(model, device=device, dtype=dtype)
 
     # ---------------------------------------------------------------- checks --
 

@@ -3,6 +3,7 @@
 import numpy as np
 
 from sdcore import _C
+from sdcore.devices import compute_dtype, place_weights
 
 # CLIPTextConfig's defaults (transformers), for keys a config.json leaves out.
 DEFAULTS = {
@@ -32,7 +33,7 @@ class TextEncoder:
     """CLIPTextModel in sdcore: ``encode(ids)`` gives the (B, T, hidden) last hidden state
     after the final layer norm, as Stable Diffusion conditions on it."""
 
-    def __init__(self, config, weights, device="cpu"):
+    def __init__(self, config, weights, device="cpu", dtype=None):
         if not isinstance(config, dict):
             raise TypeError("text encoder config must be a dict")
         ints = {
@@ -65,8 +66,14 @@ class TextEncoder:
         self.max_length = ints["max_position_embeddings"]
         self.num_layers = ints["num_hidden_layers"]
         self.device = device
+        self.dtype = compute_dtype(device, dtype)
         self._model = _C.ClipTextModel(
-            weights, **ints, layer_norm_eps=float(eps), quick_gelu=ACTIVATIONS[act], device=device
+            place_weights(weights, device, self.dtype),
+            **ints,
+            layer_norm_eps=float(eps),
+            quick_gelu=ACTIVATIONS[act],
+            device=device,
+            dtype=self.dtype,
         )
 
     def encode(self, ids, clip_skip=1):

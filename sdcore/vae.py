@@ -3,6 +3,7 @@
 import numpy as np
 
 from sdcore import _C
+from sdcore.devices import compute_dtype, place_weights
 
 # AutoencoderKL fields that choose an architecture sdcore does not implement: each must
 # hold the value Stable Diffusion uses (or be absent).
@@ -25,7 +26,7 @@ class VAE:
     """``decode(z)`` and ``encode(image)`` as AutoencoderKL does, with the scaling
     factor left to the caller (decode wants z / scaling_factor)."""
 
-    def __init__(self, config, weights, device="cpu", with_encoder=True):
+    def __init__(self, config, weights, device="cpu", with_encoder=True, dtype=None):
         if not isinstance(config, dict):
             raise TypeError("VAE config must be a dict")
         for key, want in FIXED.items():
@@ -47,8 +48,9 @@ class VAE:
         self.scaling_factor = float(config.get("scaling_factor", 0.18215))
         self.factor = 2 ** (len(blocks) - 1)
         self.device = device
+        self.dtype = compute_dtype(device, dtype)
         self._model = _C.VAE(
-            weights,
+            place_weights(weights, device, self.dtype),
             _positive_int(config, "in_channels", 3),
             _positive_int(config, "out_channels", 3),
             _positive_int(config, "latent_channels", 4),
@@ -58,6 +60,7 @@ class VAE:
             bool(config.get("mid_block_add_attention", True)),
             with_encoder=with_encoder,
             device=device,
+            dtype=self.dtype,
         )
 
     def decode(self, z):

@@ -281,3 +281,11 @@ def test_images_are_arrays_and_top_level_helpers(model_dir):
     emb = sdcore.encode_prompt(model, "a red circle")
     np.testing.assert_array_equal(emb, ours.encode_prompt("a red circle"))
     assert emb.shape == (1, 77, 32)
+
+
+@pytest.mark.skipif(sdcore.cuda_available()[0], reason="a GPU is present")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(sdcore.UnsupportedError, match="'cuda' is not available"):
+        sdcore.Pipeline.from_pretrained(device="cuda")
+    with pytest.raises(ValueError, match="dtype"):
+        sdcore.Pipeline.from_pretrained(dtype="float16")

@@ -27,6 +27,8 @@ PyObject *sd_raise(sd_status status);
 
 /* The backend named by a `device` argument ("cpu" or "cuda"); NULL with an exception set. */
 const sd_backend *sd_backend_from_name(const char *device);
+/* 'float32', 'float16' or 'bfloat16' -> dtype; -1 with a ValueError naming `what`. */
+int sd_dtype_from_name(const char *name, const char *what, sd_dtype *out);
 
 /* A NumPy array argument viewed as a CPU tensor. Checks it is an ndarray (not None), of
  * an allowed dtype (float32; float16 too if allow_f16), C-contiguous, aligned, with

@@ -21,15 +21,17 @@ static PyObject *clip_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"weights", "vocab_size", "hidden_size", "intermediate_size",
                              "num_hidden_layers", "num_attention_heads",
                              "max_position_embeddings", "layer_norm_eps", "quick_gelu", "device",
-                             NULL};
+                             "dtype", NULL};
     PyObject *weights_obj;
     sd_clip_config cfg = {0};
-    const char *device = "cpu";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiiiiiifp|s:ClipTextModel", kwlist, &weights_obj,
-                                     &cfg.vocab_size, &cfg.hidden_size, &cfg.intermediate_size,
-                                     &cfg.num_hidden_layers, &cfg.num_attention_heads,
-                                     &cfg.max_position_embeddings, &cfg.layer_norm_eps,
-                                     &cfg.quick_gelu, &device))
+    const char *device = "cpu", *dtype = "float32";
+    sd_dtype act;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiiiiiifp|ss:ClipTextModel", kwlist,
+                                     &weights_obj, &cfg.vocab_size, &cfg.hidden_size,
+                                     &cfg.intermediate_size, &cfg.num_hidden_layers,
+                                     &cfg.num_attention_heads, &cfg.max_position_embeddings,
+                                     &cfg.layer_norm_eps, &cfg.quick_gelu, &device, &dtype) ||
+        sd_dtype_from_name(dtype, "ClipTextModel", &act) < 0)
         return NULL;
     sd_weights *w = sd_weights_from_py(weights_obj, "ClipTextModel", "weights");
     if (!w)
@@ -48,6 +50,8 @@ static PyObject *clip_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     sd_status s;
     Py_BEGIN_ALLOW_THREADS;
     s = sd_clip_create(&cfg, w, be, &self->model);
+    if (s == SD_OK)
+        s = sd_clip_set_activation_dtype(self->model, act);
     Py_END_ALLOW_THREADS;
     if (s != SD_OK) {
         Py_DECREF(self);

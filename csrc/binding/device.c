@@ -15,6 +15,19 @@ static PyObject *py_cuda_device_count(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(s == SD_OK ? n : 0);
 }
 
+static PyObject *py_cuda_memory_info(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    size_t free_bytes = 0, total_bytes = 0;
+    sd_status s;
+    Py_BEGIN_ALLOW_THREADS;
+    s = sd_cuda_memory_info(&free_bytes, &total_bytes);
+    Py_END_ALLOW_THREADS;
+    if (s != SD_OK)
+        return sd_raise(s);
+    return Py_BuildValue("(nn)", (Py_ssize_t)free_bytes, (Py_ssize_t)total_bytes);
+}
+
 static PyObject *py_cuda_available(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -59,6 +72,21 @@ static PyObject *py_cuda_devices(PyObject *self, PyObject *noargs) {
 }
 
 /* Copy an array to a backend and back: proves allocation and both copy directions. */
+int sd_dtype_from_name(const char *name, const char *what, sd_dtype *out) {
+    if (!strcmp(name, "float32"))
+        *out = SD_F32;
+    else if (!strcmp(name, "float16"))
+        *out = SD_F16;
+    else if (!strcmp(name, "bfloat16"))
+        *out = SD_BF16;
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: dtype must be 'float32', 'float16' or 'bfloat16', got '%s'", what, name);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_roundtrip(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "device", NULL};
@@ -173,6 +201,8 @@ static PyObject *py_narrow(PyObject *self, PyObject *args) {
 
 #define KW (PyCFunction)(void (*)(void))
 PyMethodDef sd_device_methods[] = {
+    {"cuda_memory_info", py_cuda_memory_info, METH_NOARGS,
+     "cuda_memory_info() -> (free, total): bytes of GPU memory"},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS,
      "cuda_device_count() -> int: 0 without a driver, a GPU or a CUDA build"},
     {"cuda_available", py_cuda_available, METH_NOARGS,

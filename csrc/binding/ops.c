@@ -526,21 +526,6 @@ static PyObject *py_transpose_last2(PyObject *self, PyObject *args, PyObject *kw
     RUN_OP(c, transpose_last2, c.be->transpose_last2(c.be, call_in(&c, 0), call_out(&c)));
 }
 
-static int parse_dtype(const char *name, sd_dtype *out) {
-    if (!strcmp(name, "float32"))
-        *out = SD_F32;
-    else if (!strcmp(name, "float16"))
-        *out = SD_F16;
-    else if (!strcmp(name, "bfloat16"))
-        *out = SD_BF16;
-    else {
-        PyErr_Format(PyExc_ValueError,
-                     "dtype must be 'float32', 'float16' or 'bfloat16', got '%s'", name);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *py_set_staging_dtype(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
@@ -549,7 +534,7 @@ static PyObject *py_set_staging_dtype(PyObject *self, PyObject *arg) {
         return NULL;
     }
     sd_dtype dt;
-    if (parse_dtype(name, &dt) < 0)
+    if (sd_dtype_from_name(name, "set_staging_dtype", &dt) < 0)
         return NULL;
     g_staging_dtype = dt;
     Py_RETURN_NONE;
@@ -570,7 +555,7 @@ static PyObject *py_convert(PyObject *self, PyObject *args, PyObject *kw) {
     op_call c;
     sd_dtype to;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ss:convert", kwlist, &x, &dtype, &device) ||
-        parse_dtype(dtype, &to) < 0 || call_begin(&c, "convert", device) < 0 ||
+        sd_dtype_from_name(dtype, "convert", &to) < 0 || call_begin(&c, "convert", device) < 0 ||
         call_input(&c, x, "x", 1, 1, 4, 0) < 0 || call_output(&c, c.host[0].ndim, c.host[0].shape) < 0)
         return NULL;
     if (!c.be->convert)

@@ -365,11 +365,13 @@ done:
 /* ------------------------------------------------------------- the type -- */
 
 static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"weights", "config", "device", NULL};
+    static char *kwlist[] = {"weights", "config", "device", "dtype", NULL};
     PyObject *weights_obj, *config;
-    const char *device = "cpu";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|s:UNet", kwlist, &weights_obj, &config,
-                                     &device))
+    const char *device = "cpu", *dtype = "float32";
+    sd_dtype act;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ss:UNet", kwlist, &weights_obj, &config,
+                                     &device, &dtype) ||
+        sd_dtype_from_name(dtype, "UNet", &act) < 0)
         return NULL;
     sd_weights *w = sd_weights_from_py(weights_obj, "UNet", "weights");
     if (!w)
@@ -396,6 +398,8 @@ static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     sd_status s;
     Py_BEGIN_ALLOW_THREADS;
     s = sd_unet_create(&cfg, w, be, &self->model);
+    if (s == SD_OK)
+        s = sd_unet_set_activation_dtype(self->model, act);
     Py_END_ALLOW_THREADS;
     if (s != SD_OK) {
         Py_DECREF(self);
@@ -550,7 +554,7 @@ static PyType_Slot unet_slots[] = {
     {Py_tp_dealloc, unet_dealloc},
     {Py_tp_methods, unet_methods},
     {Py_tp_getset, unet_getset},
-    {Py_tp_doc, "UNet(weights, config: dict, device='cpu'): diffusers' UNet2DConditionModel "
+    {Py_tp_doc, "UNet(weights, config: dict, device='cpu', dtype='float32'): diffusers' UNet2DConditionModel "
                 "(SD 1.x/2.x) from tensors under their diffusers names."},
     {0, NULL},
 };

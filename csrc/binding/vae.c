@@ -31,15 +31,17 @@ sd_vae *sd_vae_from_py(PyObject *obj, PyThread_type_lock *lock, const sd_backend
 static PyObject *vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"weights", "in_channels", "out_channels", "latent_channels",
                              "block_out_channels", "layers_per_block", "norm_num_groups",
-                             "mid_attention", "with_encoder", "device", NULL};
+                             "mid_attention", "with_encoder", "device", "dtype", NULL};
     PyObject *weights_obj, *blocks;
     sd_vae_config cfg = {0};
     int with_encoder = 1;
-    const char *device = "cpu";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OiiiOiip|ps:VAE", kwlist, &weights_obj,
+    const char *device = "cpu", *dtype = "float32";
+    sd_dtype act;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OiiiOiip|pss:VAE", kwlist, &weights_obj,
                                      &cfg.in_channels, &cfg.out_channels, &cfg.latent_channels,
                                      &blocks, &cfg.layers_per_block, &cfg.norm_num_groups,
-                                     &cfg.mid_attention, &with_encoder, &device))
+                                     &cfg.mid_attention, &with_encoder, &device, &dtype) ||
+        sd_dtype_from_name(dtype, "VAE", &act) < 0)
         return NULL;
     if (!PyTuple_Check(blocks) || PyTuple_Size(blocks) < 1 ||
         PyTuple_Size(blocks) > SD_VAE_MAX_BLOCKS) {
@@ -76,6 +78,8 @@ static PyObject *vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     sd_status s;
     Py_BEGIN_ALLOW_THREADS;
     s = sd_vae_create(&cfg, w, with_encoder, be, &self->model);
+    if (s == SD_OK)
+        s = sd_vae_set_activation_dtype(self->model, act);
     Py_END_ALLOW_THREADS;
     if (s != SD_OK) {
         Py_DECREF(self);

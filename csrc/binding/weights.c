@@ -6,6 +6,7 @@
 #include "binding.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "io/safetensors.h"
@@ -310,9 +311,65 @@ static PyObject *weights_array(WeightsObject *self, PyObject *name) {
     PyObject *out = PyArray_SimpleNew(t->ndim, dims, NPY_FLOAT32);
     if (!out)
         return NULL;
-    sd_widen_to_f32(t->data, t->dtype, PyArray_DATA((PyArrayObject *)out), sd_numel(t));
+    if (t->device == SD_CPU) {
+        sd_widen_to_f32(t->data, t->dtype, PyArray_DATA((PyArrayObject *)out), sd_numel(t));
+        return out;
+    }
+    /* a device copy: bring it back first */
+    const sd_backend *be = NULL;
+    void *host = malloc(sd_nbytes(t) + 1);
+    sd_status s = host ? sd_cuda_backend(&be) : sd_fail(SD_ERR_NOMEM, "Weights.array: no memory");
+    if (s == SD_OK)
+        s = be->download(be, host, t);
+    if (s == SD_OK)
+        sd_widen_to_f32(host, t->dtype, PyArray_DATA((PyArrayObject *)out), sd_numel(t));
+    free(host);
+    if (s != SD_OK) {
+        Py_DECREF(out);
+        return sd_raise(s);
+    }
     return out;
 }
+
+/* to(device, dtype='float16') -> Weights: a copy of every tensor on the device */
+static PyObject *weights_to(WeightsObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"device", "dtype", NULL};
+    const char *device, *dtype = "float16";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|s:to", kwlist, &device, &dtype))
+        return NULL;
+    sd_dtype dt;
+    if (sd_dtype_from_name(dtype, "Weights.to", &dt) < 0)
+        return NULL;
+    const sd_backend *be = sd_backend_from_name(device);
+    if (!be)
+        return NULL;
+    if (be->device == SD_CPU) {
+        PyErr_SetString(PyExc_ValueError, "Weights.to: the CPU uses weights where they are; "
+                                          "name a GPU device ('cuda')");
+        return NULL;
+    }
+    sd_weights *w = NULL;
+    sd_status s;
+    Py_BEGIN_ALLOW_THREADS;
+    s = sd_weights_to_backend(self->weights, be, dt, &w);
+    Py_END_ALLOW_THREADS;
+    if (s != SD_OK)
+        return sd_raise(s);
+    return weights_wrap(Py_TYPE(self), w, NULL);
+}
+
+static PyObject *weights_get_device(WeightsObject *self, void *closure) {
+    (void)closure;
+    int64_t n = sd_weights_count(self->weights);
+    return PyUnicode_FromString(n > 0 && sd_weights_at(self->weights, 0)->device == SD_CUDA
+                                    ? "cuda"
+                                    : "cpu");
+}
+
+static PyGetSetDef weights_getset[] = {
+    {"device", (getter)weights_get_device, NULL, "where the tensors are: 'cpu' or 'cuda'", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static Py_ssize_t weights_len(WeightsObject *self) {
     return (Py_ssize_t)sd_weights_count(self->weights);
@@ -341,12 +398,15 @@ static PyMethodDef weights_methods[] = {
     {"names", (PyCFunction)weights_names, METH_NOARGS, "names() -> sorted list of tensor names"},
     {"info", (PyCFunction)weights_info, METH_O, "info(name) -> (dtype, shape)"},
     {"array", (PyCFunction)weights_array, METH_O, "array(name) -> float32 copy"},
+    {"to", (PyCFunction)(void (*)(void))weights_to, METH_VARARGS | METH_KEYWORDS,
+     "to(device, dtype='float16') -> Weights: every tensor copied to the device in dtype"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot weights_slots[] = {
     {Py_tp_dealloc, weights_dealloc},
     {Py_tp_methods, weights_methods},
+    {Py_tp_getset, weights_getset},
     {Py_sq_length, weights_len},
     {Py_sq_contains, weights_contains},
     {Py_tp_doc, "A set of named tensors held by the engine (a checkpoint or part of one)."},

@@ -103,6 +103,13 @@ sd_status sd_cuda_device_info_get(int index, sd_cuda_device_info *info) {
     return lib->device_info(index, info);
 }
 
+sd_status sd_cuda_memory_info(size_t *free_bytes, size_t *total_bytes) {
+    const sd_cuda_lib *lib;
+    *free_bytes = *total_bytes = 0;
+    SD_TRY(get_lib(&lib));
+    return lib->memory_info(free_bytes, total_bytes);
+}
+
 sd_status sd_cuda_backend(const sd_backend **out) {
     const sd_cuda_lib *lib;
     *out = NULL;

@@ -166,3 +166,86 @@ sd_status sd_weights_require(const sd_weights *w, const char *name, int ndim,
     *out = t;
     return SD_OK;
 }
+
+/* ------------------------------------------------------------ on a device -- */
+
+/* Device blocks of sd_weights_to_backend go back to the CUDA backend (the only
+ * backend with memory of its own). */
+static void release_device_block(void *ptr, size_t size) {
+    (void)size;
+    const sd_backend *be = NULL;
+    if (sd_cuda_backend(&be) == SD_OK) {
+        sd_tensor t = {.data = ptr, .device = be->device};
+        be->free(be, &t);
+    }
+}
+
+#define DEVICE_ALIGN 256
+
+sd_status sd_weights_to_backend(const sd_weights *src, const sd_backend *be, sd_dtype dtype,
+                                sd_weights **out) {
+    *out = NULL;
+    if (be->device == SD_CPU)
+        return sd_fail(SD_ERR_INVALID, "weights: the CPU reads weights where they are");
+    if (be->device != SD_CUDA)
+        return sd_fail(SD_ERR_UNSUPPORTED, "weights: no device copy for the %s backend", be->name);
+    /* one block for all tensors: one allocation, one free, no fragmentation */
+    size_t total = 0, largest = 0;
+    for (int64_t i = 0; i < src->count; i++) {
+        const sd_tensor *t = &src->items[i].tensor;
+        if (t->device != SD_CPU)
+            return sd_fail(SD_ERR_INVALID, "weights: '%s' is already on a device",
+                           src->items[i].name);
+        size_t bytes = (size_t)sd_numel(t) * sd_dtype_size(dtype);
+        total += (bytes + DEVICE_ALIGN - 1) / DEVICE_ALIGN * DEVICE_ALIGN;
+        largest = bytes > largest ? bytes : largest;
+    }
+    sd_weights *w = NULL;
+    SD_TRY(sd_weights_create(&w));
+    sd_tensor block = sd_tensor_view(NULL, SD_F32, be->device, 1,
+                                     (const int64_t[]){(int64_t)(total / 4 + 1)});
+    sd_status s = be->alloc(be, &block);
+    if (s != SD_OK) {
+        sd_weights_free(w);
+        return s;
+    }
+    s = sd_weights_keep(w, block.data, total, release_device_block);
+    /* widened to f32 then narrowed: any stored dtype to any wanted one */
+    float *wide = s == SD_OK ? malloc(largest / sd_dtype_size(dtype) * sizeof(float) + 1) : NULL;
+    void *narrow = s == SD_OK ? malloc(largest + 1) : NULL;
+    if (s == SD_OK && (!wide || !narrow))
+        s = sd_fail(SD_ERR_NOMEM, "weights: no host memory to convert a %zu-byte tensor",
+                    largest);
+    size_t at = 0;
+    for (int64_t i = 0; s == SD_OK && i < src->count; i++) {
+        const sd_tensor *t = &src->items[i].tensor;
+        int64_t n = sd_numel(t);
+        sd_tensor d = *t;
+        d.dtype = dtype;
+        d.device = be->device;
+        d.data = (char *)block.data + at;
+        at += ((size_t)n * sd_dtype_size(dtype) + DEVICE_ALIGN - 1) / DEVICE_ALIGN * DEVICE_ALIGN;
+        const void *host = t->data;
+        if (t->dtype != dtype) {
+            sd_widen_to_f32(t->data, t->dtype, wide, n);
+            sd_narrow_from_f32(wide, dtype, narrow, n);
+            host = narrow;
+        }
+        if (n > 0)
+            s = be->upload(be, &d, host);
+        if (s == SD_OK)
+            s = sd_weights_add(w, src->items[i].name, d);
+    }
+    free(wide);
+    free(narrow);
+    for (int64_t i = 0; s == SD_OK && i < src->meta_count; i++)
+        s = sd_weights_add_metadata(w, src->meta[i].key, src->meta[i].value);
+    if (s == SD_OK)
+        s = sd_weights_seal(w);
+    if (s != SD_OK) {
+        sd_weights_free(w);
+        return s;
+    }
+    *out = w;
+    return SD_OK;
+}

@@ -7,6 +7,18 @@
 void sd_arena_init(sd_arena *a, const sd_backend *be) {
     memset(a, 0, sizeof *a);
     a->be = be;
+    a->dtype = SD_F32;
+}
+
+sd_status sd_arena_set_dtype(sd_arena *a, sd_dtype dtype, const char *model) {
+    if (dtype != SD_F32 && dtype != SD_F16 && dtype != SD_BF16)
+        return sd_fail(SD_ERR_INVALID, "%s: unknown activation dtype %d", model, (int)dtype);
+    if (dtype != SD_F32 && a->be->device == SD_CPU)
+        return sd_fail(SD_ERR_UNSUPPORTED,
+                       "%s: the CPU backend computes in float32; %s activations need a GPU", model,
+                       sd_dtype_name(dtype));
+    a->dtype = dtype;
+    return SD_OK;
 }
 
 void sd_arena_free(sd_arena *a) {
@@ -53,10 +65,10 @@ sd_status sd_arena_tensor(sd_arena *a, sd_tensor *t, sd_dtype dtype, int ndim,
     return SD_OK;
 }
 
-sd_status sd_arena_f32(sd_arena *a, sd_tensor *t, int ndim, int64_t d0, int64_t d1, int64_t d2,
+sd_status sd_arena_act(sd_arena *a, sd_tensor *t, int ndim, int64_t d0, int64_t d1, int64_t d2,
                        int64_t d3) {
     int64_t shape[4] = {d0, d1, d2, d3};
-    return sd_arena_tensor(a, t, SD_F32, ndim, shape);
+    return sd_arena_tensor(a, t, a->dtype, ndim, shape);
 }
 
 size_t sd_arena_bytes(const sd_arena *a) {

@@ -21,20 +21,24 @@ typedef struct {
 
 typedef struct {
     const sd_backend *be;
+    sd_dtype dtype; /* of the activations sd_arena_act gives: f32 unless the model says */
     sd_arena_slot *slots;
     int count, cap;
     int next; /* the slot the next request takes */
 } sd_arena;
 
 void sd_arena_init(sd_arena *a, const sd_backend *be);
+/* The dtype of later activations: f32 anywhere; f16 or bf16 only on a GPU backend (the
+ * CPU ops compute in f32). `model` names the caller in the error. */
+sd_status sd_arena_set_dtype(sd_arena *a, sd_dtype dtype, const char *model);
 void sd_arena_free(sd_arena *a);
 /* Start a new run: the next request takes slot 0 again. */
 void sd_arena_reset(sd_arena *a);
 /* A tensor of this dtype and shape in the next slot (allocated or grown as needed). */
 sd_status sd_arena_tensor(sd_arena *a, sd_tensor *t, sd_dtype dtype, int ndim,
                           const int64_t *shape);
-/* Convenience for up to 4 dims given inline: sd_arena_f32(a, &t, 4, B, C, H, W). */
-sd_status sd_arena_f32(sd_arena *a, sd_tensor *t, int ndim, int64_t d0, int64_t d1, int64_t d2,
+/* An activation (the arena's dtype), up to 4 dims inline: sd_arena_act(a, &t, 4, B, C, H, W). */
+sd_status sd_arena_act(sd_arena *a, sd_tensor *t, int ndim, int64_t d0, int64_t d1, int64_t d2,
                        int64_t d3);
 static inline int sd_arena_mark(const sd_arena *a) { return a->next; }
 static inline void sd_arena_release(sd_arena *a, int mark) { a->next = mark; }

@@ -49,24 +49,24 @@ sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
     sd_tensor a, h;
     sd_status s;
     /* a (B, in, H, W) = silu(norm1(x)) */
-    if ((s = sd_arena_f32(arena, &a, 4, B, rb->in_ch, H, W)) ||
+    if ((s = sd_arena_act(arena, &a, 4, B, rb->in_ch, H, W)) ||
         (s = be->group_norm(be, x, rb->norm1_w, rb->norm1_b, rb->groups, rb->eps, 1, &a)))
         goto done;
     /* h (B, out, H, W) = conv1(a) */
-    if ((s = sd_arena_f32(arena, &h, 4, B, rb->out_ch, H, W)) ||
+    if ((s = sd_arena_act(arena, &h, 4, B, rb->out_ch, H, W)) ||
         (s = be->conv2d(be, &a, rb->conv1_w, rb->conv1_b, 1, 1, &h)))
         goto done;
     if (rb->temb_ch > 0 && temb_silu) {
         /* t (B, out) = time_emb_proj(silu(temb)), added to every pixel of its channel */
         sd_tensor t;
-        if ((s = sd_arena_f32(arena, &t, 2, B, rb->out_ch, 1, 1)) ||
+        if ((s = sd_arena_act(arena, &t, 2, B, rb->out_ch, 1, 1)) ||
             (s = be->linear(be, temb_silu, rb->temb_w, rb->temb_b, &t)) ||
             (s = be->add(be, &h, &t, &h)))
             goto done;
     }
     /* a (B, out, H, W) = silu(norm2(h)); reuse a's slot only if it fits, so take a new one */
     sd_tensor a2;
-    if ((s = sd_arena_f32(arena, &a2, 4, B, rb->out_ch, H, W)) ||
+    if ((s = sd_arena_act(arena, &a2, 4, B, rb->out_ch, H, W)) ||
         (s = be->group_norm(be, &h, rb->norm2_w, rb->norm2_b, rb->groups, rb->eps, 1, &a2)))
         goto done;
     /* out = conv2(a2) + shortcut(x) */
@@ -74,7 +74,7 @@ sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
         goto done;
     if (rb->short_w) {
         sd_tensor sc;
-        if ((s = sd_arena_f32(arena, &sc, 4, B, rb->out_ch, H, W)) ||
+        if ((s = sd_arena_act(arena, &sc, 4, B, rb->out_ch, H, W)) ||
             (s = be->conv2d(be, x, rb->short_w, rb->short_b, 1, 0, &sc)) ||
             (s = be->add(be, out, &sc, out)))
             goto done;

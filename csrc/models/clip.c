@@ -116,9 +116,9 @@ static sd_status attention_block(sd_clip *m, const clip_layer *l, sd_tensor *h, 
     int mark = sd_arena_mark(a);
     sd_tensor x, q, k, v, o;
     sd_status s;
-    if ((s = sd_arena_f32(a, &x, 3, B, T, C, 1)) || (s = sd_arena_f32(a, &q, 3, B, T, C, 1)) ||
-        (s = sd_arena_f32(a, &k, 3, B, T, C, 1)) || (s = sd_arena_f32(a, &v, 3, B, T, C, 1)) ||
-        (s = sd_arena_f32(a, &o, 3, B, T, C, 1)) ||
+    if ((s = sd_arena_act(a, &x, 3, B, T, C, 1)) || (s = sd_arena_act(a, &q, 3, B, T, C, 1)) ||
+        (s = sd_arena_act(a, &k, 3, B, T, C, 1)) || (s = sd_arena_act(a, &v, 3, B, T, C, 1)) ||
+        (s = sd_arena_act(a, &o, 3, B, T, C, 1)) ||
         (s = be->layer_norm(be, h, l->ln1_w, l->ln1_b, m->cfg.layer_norm_eps, &x)) ||
         (s = be->linear(be, &x, l->q_w, l->q_b, &q)) ||
         (s = be->linear(be, &x, l->k_w, l->k_b, &k)) ||
@@ -139,8 +139,8 @@ static sd_status mlp_block(sd_clip *m, const clip_layer *l, sd_tensor *h, int B,
     int mark = sd_arena_mark(a);
     sd_tensor x, f, y;
     sd_status s;
-    if ((s = sd_arena_f32(a, &x, 3, B, T, C, 1)) || (s = sd_arena_f32(a, &f, 3, B, T, F, 1)) ||
-        (s = sd_arena_f32(a, &y, 3, B, T, C, 1)) ||
+    if ((s = sd_arena_act(a, &x, 3, B, T, C, 1)) || (s = sd_arena_act(a, &f, 3, B, T, F, 1)) ||
+        (s = sd_arena_act(a, &y, 3, B, T, C, 1)) ||
         (s = be->layer_norm(be, h, l->ln2_w, l->ln2_b, m->cfg.layer_norm_eps, &x)) ||
         (s = be->linear(be, &x, l->fc1_w, l->fc1_b, &f)) ||
         (s = m->cfg.quick_gelu ? be->quick_gelu(be, &f, &f) : be->gelu(be, &f, 0, &f)) ||
@@ -166,8 +166,8 @@ sd_status sd_clip_forward(sd_clip *m, const int32_t *ids, int B, int T, int clip
     sd_arena_reset(&m->arena);
     sd_tensor h, pos;
     /* h (B, T, C) = token_embedding[ids] + position_embedding[0:T] */
-    SD_TRY(sd_arena_f32(&m->arena, &h, 3, B, T, C, 1));
-    SD_TRY(sd_arena_f32(&m->arena, &pos, 2, T, C, 1, 1));
+    SD_TRY(sd_arena_act(&m->arena, &h, 3, B, T, C, 1));
+    SD_TRY(sd_arena_act(&m->arena, &pos, 2, T, C, 1, 1));
     SD_TRY(be->embedding(be, m->token_embedding, ids, (int64_t)B * T, &h));
     if (m->position_ids_len < T) {
         int32_t *p = realloc(m->position_ids, sizeof(int32_t) * (size_t)T);
@@ -185,5 +185,14 @@ sd_status sd_clip_forward(sd_clip *m, const int32_t *ids, int B, int T, int clip
         SD_TRY(attention_block(m, &m->layers[i], &h, B, T));
         SD_TRY(mlp_block(m, &m->layers[i], &h, B, T));
     }
-    return be->layer_norm(be, &h, m->final_w, m->final_b, m->cfg.layer_norm_eps, out);
+    if (out->dtype == h.dtype)
+        return be->layer_norm(be, &h, m->final_w, m->final_b, m->cfg.layer_norm_eps, out);
+    sd_tensor y;
+    SD_TRY(sd_arena_act(&m->arena, &y, 3, B, T, C, 1));
+    SD_TRY(be->layer_norm(be, &h, m->final_w, m->final_b, m->cfg.layer_norm_eps, &y));
+    return be->convert(be, &y, out);
+}
+
+sd_status sd_clip_set_activation_dtype(sd_clip *m, sd_dtype dtype) {
+    return sd_arena_set_dtype(&m->arena, dtype, "text encoder");
 }

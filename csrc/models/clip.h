@@ -33,6 +33,8 @@ void sd_clip_free(sd_clip *m);
 /* ids (B, T) in host memory, T <= max_position_embeddings -> out (B, T, hidden) on the
  * backend. clip_skip as the common front ends count it: 1 uses the last layer's output,
  * 2 the one before it, ...; the final layer norm is applied in every case. */
+/* Compute in f16 or bf16 on a GPU (default f32); inputs and outputs stay f32. */
+sd_status sd_clip_set_activation_dtype(sd_clip *m, sd_dtype dtype);
 sd_status sd_clip_forward(sd_clip *m, const int32_t *ids, int B, int T, int clip_skip,
                           sd_tensor *out);
 

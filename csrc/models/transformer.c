@@ -128,10 +128,10 @@ static sd_status attention_forward(const sd_backend *be, sd_arena *arena,
     int mark = sd_arena_mark(arena);
     sd_tensor q, k, v, o;
     sd_status s = SD_OK;
-    CHECK(sd_arena_f32(arena, &q, 3, B, T, C, 1));
-    CHECK(sd_arena_f32(arena, &k, 3, B, Tk, C, 1));
-    CHECK(sd_arena_f32(arena, &v, 3, B, Tk, C, 1));
-    CHECK(sd_arena_f32(arena, &o, 3, B, T, C, 1));
+    CHECK(sd_arena_act(arena, &q, 3, B, T, C, 1));
+    CHECK(sd_arena_act(arena, &k, 3, B, Tk, C, 1));
+    CHECK(sd_arena_act(arena, &v, 3, B, Tk, C, 1));
+    CHECK(sd_arena_act(arena, &o, 3, B, T, C, 1));
     CHECK(be->linear(be, x, a->q_w, a->q_b, &q));   // (B, T, C)
     CHECK(be->linear(be, kv, a->k_w, a->k_b, &k));  // (B, Tk, C)
     CHECK(be->linear(be, kv, a->v_w, a->v_b, &v));  // (B, Tk, C)
@@ -153,7 +153,7 @@ static sd_status transformer_block_forward(const sd_backend *be, sd_arena *arena
     int mark = sd_arena_mark(arena);
     sd_tensor n, g, f;
     sd_status s = SD_OK;
-    CHECK(sd_arena_f32(arena, &n, 3, B, T, C, 1));
+    CHECK(sd_arena_act(arena, &n, 3, B, T, C, 1));
     /* self-attention */
     CHECK(be->layer_norm(be, h, blk->norm1_w, blk->norm1_b, eps, &n)); // (B, T, C)
     CHECK(attention_forward(be, arena, &blk->attn1, heads, &n, &n, h));
@@ -162,8 +162,8 @@ static sd_status transformer_block_forward(const sd_backend *be, sd_arena *arena
     CHECK(attention_forward(be, arena, &blk->attn2, heads, &n, context, h));
     /* feed-forward: Linear(C, 8C) -> GEGLU -> Linear(4C, C) */
     CHECK(be->layer_norm(be, h, blk->norm3_w, blk->norm3_b, eps, &n));
-    CHECK(sd_arena_f32(arena, &g, 3, B, T, 8 * C, 1));
-    CHECK(sd_arena_f32(arena, &f, 3, B, T, 4 * C, 1));
+    CHECK(sd_arena_act(arena, &g, 3, B, T, 8 * C, 1));
+    CHECK(sd_arena_act(arena, &f, 3, B, T, 4 * C, 1));
     CHECK(be->linear(be, &n, blk->ff_in_w, blk->ff_in_b, &g)); // (B, T, 8C)
     CHECK(be->geglu(be, &g, &f));                             // (B, T, 4C)
     CHECK(be->linear(be, &f, blk->ff_out_w, blk->ff_out_b, &n)); // (B, T, C)
@@ -192,9 +192,9 @@ sd_status sd_transformer2d_forward(const sd_backend *be, sd_arena *arena,
     int mark = sd_arena_mark(arena);
     sd_tensor a, b, tok;
     sd_status s = SD_OK;
-    CHECK(sd_arena_f32(arena, &a, 4, B, C, H, W));
-    CHECK(sd_arena_f32(arena, &b, 4, B, C, H, W));
-    CHECK(sd_arena_f32(arena, &tok, 3, B, S, C, 1));
+    CHECK(sd_arena_act(arena, &a, 4, B, C, H, W));
+    CHECK(sd_arena_act(arena, &b, 4, B, C, H, W));
+    CHECK(sd_arena_act(arena, &tok, 3, B, S, C, 1));
     sd_tensor a_img = reshaped(&a, 3, B, C, S, 1), b_img = reshaped(&b, 3, B, C, S, 1);
     sd_tensor b_tok = reshaped(&b, 3, B, S, C, 1);
 

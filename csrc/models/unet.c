@@ -323,7 +323,7 @@ static sd_status down_block_forward(const unet_run *r, const unet_block *blk, sd
     int64_t B = h->shape[0], H = h->shape[2], W = h->shape[3];
     for (int j = 0; j < blk->num_layers; j++) {
         sd_tensor y;
-        SD_TRY(sd_arena_f32(r->arena, &y, 4, B, blk->out_ch, H, W));
+        SD_TRY(sd_arena_act(r->arena, &y, 4, B, blk->out_ch, H, W));
         SD_TRY(sd_resnet_block_forward(be, r->arena, &blk->resnets[j], h, r->temb_silu, &y));
         if (blk->has_attention)
             SD_TRY(sd_transformer2d_forward(be, r->arena, &blk->attentions[j], &y, r->context,
@@ -333,7 +333,7 @@ static sd_status down_block_forward(const unet_run *r, const unet_block *blk, sd
     }
     if (blk->sampler_w) {
         sd_tensor y;
-        SD_TRY(sd_arena_f32(r->arena, &y, 4, B, blk->out_ch, H / 2, W / 2));
+        SD_TRY(sd_arena_act(r->arena, &y, 4, B, blk->out_ch, H / 2, W / 2));
         SD_TRY(be->conv2d(be, h, blk->sampler_w, blk->sampler_b, 2, 1, &y)); // (B, out, H/2, W/2)
         SD_TRY(skip_push(skips, &y));
         *h = y;
@@ -375,7 +375,7 @@ static sd_status up_block_forward(const unet_run *r, const unet_block *blk, sd_t
         SD_TRY(skip_pop(skips, &skip));
         sd_tensor y = image_view(pp_next(pp), B, blk->out_ch, H, W);
         int mark = sd_arena_mark(r->arena);
-        CHECK(sd_arena_f32(r->arena, &cat, 4, B, h->shape[1] + skip.shape[1], H, W));
+        CHECK(sd_arena_act(r->arena, &cat, 4, B, h->shape[1] + skip.shape[1], H, W));
         CHECK(be->concat_channels(be, h, &skip, &cat)); // (B, h + skip, H, W)
         CHECK(sd_resnet_block_forward(be, r->arena, &blk->resnets[j], &cat, r->temb_silu, &y));
         sd_arena_release(r->arena, mark);
@@ -389,7 +389,7 @@ static sd_status up_block_forward(const unet_run *r, const unet_block *blk, sd_t
         sd_tensor up;
         sd_tensor y = image_view(pp_next(pp), B, blk->out_ch, 2 * H, 2 * W);
         int mark = sd_arena_mark(r->arena);
-        CHECK(sd_arena_f32(r->arena, &up, 4, B, blk->out_ch, 2 * H, 2 * W));
+        CHECK(sd_arena_act(r->arena, &up, 4, B, blk->out_ch, 2 * H, 2 * W));
         CHECK(be->upsample_nearest2x(be, h, &up));                          // (B, out, 2H, 2W)
         CHECK(be->conv2d(be, &up, blk->sampler_w, blk->sampler_b, 1, 1, &y)); // (B, out, 2H, 2W)
         sd_arena_release(r->arena, mark);
@@ -455,10 +455,11 @@ static sd_status time_embedding_forward(sd_unet *m, const float *timesteps, int6
     const sd_backend *be = m->be;
     const sd_unet_config *c = &m->cfg;
     sd_tensor t, sinus, temb;
-    SD_TRY(sd_arena_f32(&m->arena, &t, 1, B, 1, 1, 1));
-    SD_TRY(sd_arena_f32(&m->arena, &sinus, 2, B, c->block_out_channels[0], 1, 1));
-    SD_TRY(sd_arena_f32(&m->arena, &temb, 2, B, m->temb_dim, 1, 1));
-    SD_TRY(sd_arena_f32(&m->arena, temb_silu, 2, B, m->temb_dim, 1, 1));
+    /* timesteps stay f32: 999 is exact in f16, 999.5 is not */
+    SD_TRY(sd_arena_tensor(&m->arena, &t, SD_F32, 1, (const int64_t[]){B}));
+    SD_TRY(sd_arena_act(&m->arena, &sinus, 2, B, c->block_out_channels[0], 1, 1));
+    SD_TRY(sd_arena_act(&m->arena, &temb, 2, B, m->temb_dim, 1, 1));
+    SD_TRY(sd_arena_act(&m->arena, temb_silu, 2, B, m->temb_dim, 1, 1));
     SD_TRY(be->upload(be, &t, timesteps));
     SD_TRY(be->timestep_embedding(be, &t, c->block_out_channels[0], c->flip_sin_to_cos,
                                   c->freq_shift, &sinus));                // (B, ch0)
@@ -477,6 +478,19 @@ sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *time
     int64_t B = sample->shape[0], H = sample->shape[2], W = sample->shape[3];
     sd_arena_reset(&m->arena);
 
+    /* inputs in the activation dtype (a no-op for f32) */
+    sd_tensor sample_act, context_act;
+    if (sample->dtype != m->arena.dtype) {
+        SD_TRY(sd_arena_tensor(&m->arena, &sample_act, m->arena.dtype, 4, sample->shape));
+        SD_TRY(be->convert(be, sample, &sample_act));
+        sample = &sample_act;
+    }
+    if (context->dtype != m->arena.dtype) {
+        SD_TRY(sd_arena_tensor(&m->arena, &context_act, m->arena.dtype, 3, context->shape));
+        SD_TRY(be->convert(be, context, &context_act));
+        context = &context_act;
+    }
+
     sd_tensor temb_silu;
     SD_TRY(time_embedding_forward(m, timesteps, B, &temb_silu));
     unet_run r = {.be = be, .arena = &m->arena, .temb_silu = &temb_silu, .context = context};
@@ -484,7 +498,7 @@ sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *time
     /* down path: h and every block output stay on the skip stack */
     skip_stack skips = {.count = 0};
     sd_tensor h;
-    SD_TRY(sd_arena_f32(&m->arena, &h, 4, B, c->block_out_channels[0], H, W));
+    SD_TRY(sd_arena_act(&m->arena, &h, 4, B, c->block_out_channels[0], H, W));
     SD_TRY(be->conv2d(be, sample, m->conv_in_w, m->conv_in_b, 1, 1, &h)); // (B, ch0, H, W)
     SD_TRY(skip_push(&skips, &h));
     for (int i = 0; i < n; i++)
@@ -493,8 +507,8 @@ sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *time
     /* mid and up path: alternate between two buffers above the skips */
     ping_pong pp = {.cur = 0};
     int64_t numel = up_path_numel(c, B, H, W);
-    SD_TRY(sd_arena_f32(&m->arena, &pp.buf[0], 1, numel, 1, 1, 1));
-    SD_TRY(sd_arena_f32(&m->arena, &pp.buf[1], 1, numel, 1, 1, 1));
+    SD_TRY(sd_arena_act(&m->arena, &pp.buf[0], 1, numel, 1, 1, 1));
+    SD_TRY(sd_arena_act(&m->arena, &pp.buf[1], 1, numel, 1, 1, 1));
     SD_TRY(mid_block_forward(&r, m, &h, &pp));
     for (int i = 0; i < n; i++)
         SD_TRY(up_block_forward(&r, &m->up[i], &h, &pp, &skips));
@@ -503,8 +517,17 @@ sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *time
 
     /* out: conv_out(silu(group_norm(h))) */
     sd_tensor g;
-    SD_TRY(sd_arena_f32(&m->arena, &g, 4, B, c->block_out_channels[0], H, W));
+    SD_TRY(sd_arena_act(&m->arena, &g, 4, B, c->block_out_channels[0], H, W));
     SD_TRY(be->group_norm(be, &h, m->norm_out_w, m->norm_out_b, c->norm_num_groups, c->norm_eps,
                           1, &g));                                          // (B, ch0, H, W)
-    return be->conv2d(be, &g, m->conv_out_w, m->conv_out_b, 1, 1, out); // (B, out, H, W)
+    if (out->dtype == m->arena.dtype)
+        return be->conv2d(be, &g, m->conv_out_w, m->conv_out_b, 1, 1, out); // (B, out, H, W)
+    sd_tensor o;
+    SD_TRY(sd_arena_act(&m->arena, &o, 4, B, c->out_channels, H, W));
+    SD_TRY(be->conv2d(be, &g, m->conv_out_w, m->conv_out_b, 1, 1, &o));
+    return be->convert(be, &o, out);
+}
+
+sd_status sd_unet_set_activation_dtype(sd_unet *m, sd_dtype dtype) {
+    return sd_arena_set_dtype(&m->arena, dtype, "unet");
 }

@@ -52,6 +52,9 @@ const sd_unet_config *sd_unet_get_config(const sd_unet *m);
 /* Bytes of activation memory the model holds (planned by the first forward). */
 size_t sd_unet_activation_bytes(const sd_unet *m);
 
+/* Compute in f16 or bf16 on a GPU (default f32); sample, context and out stay f32. */
+sd_status sd_unet_set_activation_dtype(sd_unet *m, sd_dtype dtype);
+
 /* The noise prediction. h and w must be multiples of 2^(num_blocks - 1).
  *   sample (B, in, h, w) and context (B, T, cross_attention_dim) on the backend,
  *   timesteps (B) in host memory -> out (B, out, h, w) on the backend.

@@ -261,10 +261,28 @@ void sd_vae_free(sd_vae *v) {
 
 int sd_vae_has_encoder(const sd_vae *v) { return v->has_encoder; }
 
+sd_dtype sd_vae_activation_dtype(const sd_vae *v) { return v->arena.dtype; }
+
+sd_status sd_vae_set_activation_dtype(sd_vae *v, sd_dtype dtype) {
+    return sd_arena_set_dtype(&v->arena, dtype, "VAE");
+}
+
 /* ------------------------------------------------------------- forward ---- */
 
 static sd_tensor view4(const sd_tensor *buf, int64_t c, int64_t h, int64_t w) {
-    return sd_tensor_view(buf->data, SD_F32, buf->device, 4, (const int64_t[]){1, c, h, w});
+    return sd_tensor_view(buf->data, buf->dtype, buf->device, 4, (const int64_t[]){1, c, h, w});
+}
+
+/* The float32 input x in the activation dtype: x itself, or converted into an arena
+ * tensor (kept until the caller releases its mark). */
+static sd_status input_as_act(sd_vae *v, const sd_tensor *x, sd_tensor *tmp,
+                              const sd_tensor **use) {
+    *use = x;
+    if (x->dtype == v->arena.dtype)
+        return SD_OK;
+    SD_TRY(sd_arena_tensor(&v->arena, tmp, v->arena.dtype, x->ndim, x->shape));
+    *use = tmp;
+    return v->be->convert(v->be, x, tmp);
 }
 
 /* x (1, C, H, W) -> out (1, C, H, W) = x + to_out(attention(q, k, v of group_norm(x))) */
@@ -276,13 +294,13 @@ static sd_status attention_forward(sd_vae *v, const vae_attention *a, const sd_t
     int mark = sd_arena_mark(ar);
     sd_tensor n, tok, q, k, val, o;
     sd_status s;
-    CHECK(sd_arena_f32(ar, &n, 4, 1, C, x->shape[2], x->shape[3]));
-    CHECK(sd_arena_f32(ar, &tok, 3, 1, S, C, 1));
-    CHECK(sd_arena_f32(ar, &q, 3, 1, S, C, 1));
-    CHECK(sd_arena_f32(ar, &k, 3, 1, S, C, 1));
-    CHECK(sd_arena_f32(ar, &val, 3, 1, S, C, 1));
-    CHECK(sd_arena_f32(ar, &o, 3, 1, S, C, 1));
-    sd_tensor n_cs = sd_tensor_view(n.data, SD_F32, n.device, 3, (const int64_t[]){1, C, S});
+    CHECK(sd_arena_act(ar, &n, 4, 1, C, x->shape[2], x->shape[3]));
+    CHECK(sd_arena_act(ar, &tok, 3, 1, S, C, 1));
+    CHECK(sd_arena_act(ar, &q, 3, 1, S, C, 1));
+    CHECK(sd_arena_act(ar, &k, 3, 1, S, C, 1));
+    CHECK(sd_arena_act(ar, &val, 3, 1, S, C, 1));
+    CHECK(sd_arena_act(ar, &o, 3, 1, S, C, 1));
+    sd_tensor n_cs = sd_tensor_view(n.data, n.dtype, n.device, 3, (const int64_t[]){1, C, S});
     CHECK(be->group_norm(be, x, a->norm_w, a->norm_b, v->cfg.norm_num_groups, VAE_EPS, 0, &n));
     CHECK(be->transpose_last2(be, &n_cs, &tok));        // (1, S, C)
     CHECK(be->linear(be, &tok, &a->q_w, a->q_b, &q));   // (1, S, C)
@@ -328,7 +346,7 @@ static int index_of(rotation *r, const sd_tensor *t) { return (int)(t - r->buf);
 
 static sd_status rotation_init(sd_vae *v, rotation *r, int64_t max_elems) {
     for (int i = 0; i < 3; i++)
-        SD_TRY(sd_arena_f32(&v->arena, &r->buf[i], 1, max_elems, 1, 1, 1));
+        SD_TRY(sd_arena_act(&v->arena, &r->buf[i], 1, max_elems, 1, 1, 1));
     r->cur = 0;
     return SD_OK;
 }
@@ -362,11 +380,16 @@ static sd_status decode_one(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
     int mark = sd_arena_mark(&v->arena);
     rotation r;
     sd_status s;
+    sd_tensor z_act, image_act;
+    const sd_tensor *zin;
+    CHECK(input_as_act(v, z, &z_act, &zin));
+    if (image->dtype != v->arena.dtype)
+        CHECK(sd_arena_tensor(&v->arena, &image_act, v->arena.dtype, 4, image->shape));
     CHECK(rotation_init(v, &r, decoder_max_elems(c, h, w)));
     int64_t C = c->block_out_channels[n - 1];
     /* post_quant_conv (1x1) then conv_in, (1, L, h, w) -> (1, C, h, w) */
     sd_tensor a = view4(&r.buf[1], c->latent_channels, h, w), x = view4(&r.buf[0], C, h, w);
-    CHECK(be->conv2d(be, z, v->post_quant_w, v->post_quant_b, 1, 0, &a));
+    CHECK(be->conv2d(be, zin, v->post_quant_w, v->post_quant_b, 1, 0, &a));
     CHECK(be->conv2d(be, &a, d->conv_in_w, d->conv_in_b, 1, 1, &x));
     sd_tensor m1 = view4(&r.buf[1], C, h, w), m2 = view4(&r.buf[2], C, h, w);
     CHECK(mid_forward(v, &d->mid, &x, &m1, &m2));
@@ -398,7 +421,12 @@ static sd_status decode_one(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
     sd_tensor in = view4(&r.buf[r.cur], bottom, h, w);
     sd_tensor act = view4(next_buf(&r, -1), bottom, h, w);
     CHECK(be->group_norm(be, &in, d->norm_w, d->norm_b, c->norm_num_groups, VAE_EPS, 1, &act));
-    CHECK(be->conv2d(be, &act, d->conv_out_w, d->conv_out_b, 1, 1, image));
+    if (image->dtype == v->arena.dtype) {
+        CHECK(be->conv2d(be, &act, d->conv_out_w, d->conv_out_b, 1, 1, image));
+    } else {
+        CHECK(be->conv2d(be, &act, d->conv_out_w, d->conv_out_b, 1, 1, &image_act));
+        CHECK(be->convert(be, &image_act, image));
+    }
 done:
     sd_arena_release(&v->arena, mark);
     return s;
@@ -434,10 +462,13 @@ static sd_status encode_one(sd_vae *v, const sd_tensor *img, sd_tensor *mean, sd
     int mark = sd_arena_mark(&v->arena);
     rotation r;
     sd_status s;
+    sd_tensor img_act;
+    const sd_tensor *imgin;
+    CHECK(input_as_act(v, img, &img_act, &imgin));
     CHECK(rotation_init(v, &r, encoder_max_elems(c, H, W)));
     int64_t prev = c->block_out_channels[0];
     sd_tensor x = view4(&r.buf[0], prev, H, W);
-    CHECK(be->conv2d(be, img, e->conv_in_w, e->conv_in_b, 1, 1, &x));
+    CHECK(be->conv2d(be, imgin, e->conv_in_w, e->conv_in_b, 1, 1, &x));
     r.cur = 0;
     for (int i = 0; i < n; i++) {
         const vae_block *b = &e->blocks[i];
@@ -474,15 +505,16 @@ static sd_status encode_one(sd_vae *v, const sd_tensor *img, sd_tensor *mean, sd
     CHECK(be->conv2d(be, &b, e->conv_out_w, e->conv_out_b, 1, 1, &moments));
     CHECK(be->conv2d(be, &moments, v->quant_w, v->quant_b, 1, 0, &q));
     /* The moments (1, 2L, H, W) are mean then logvar along channels: with one image each
-     * half is a contiguous block. Copied by scaling by one, exact on every backend. */
+     * half is a contiguous block, converted to the outputs' float32. */
     {
         int64_t L = c->latent_channels;
         sd_tensor first = view4(&q, L, H, W);
-        CHECK(be->scale(be, &first, 1.0f, mean));
+        CHECK(be->convert(be, &first, mean));
         if (logvar) {
-            sd_tensor second = sd_tensor_view((float *)q.data + L * H * W, SD_F32, q.device, 4,
-                                              (const int64_t[]){1, L, H, W});
-            CHECK(be->scale(be, &second, 1.0f, logvar));
+            sd_tensor second =
+                sd_tensor_view((char *)q.data + (size_t)(L * H * W) * sd_dtype_size(q.dtype),
+                               q.dtype, q.device, 4, (const int64_t[]){1, L, H, W});
+            CHECK(be->convert(be, &second, logvar));
         }
     }
 done:
@@ -492,7 +524,8 @@ done:
 
 static sd_tensor image_slice(const sd_tensor *t, int64_t i) {
     int64_t per = t->shape[1] * t->shape[2] * t->shape[3];
-    return sd_tensor_view((float *)t->data + i * per, SD_F32, t->device, 4,
+    return sd_tensor_view((char *)t->data + (size_t)(i * per) * sd_dtype_size(t->dtype),
+                          t->dtype, t->device, 4,
                           (const int64_t[]){1, t->shape[1], t->shape[2], t->shape[3]});
 }
 

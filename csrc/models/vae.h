@@ -30,6 +30,9 @@ typedef struct sd_vae sd_vae;
 /* Find and shape-check the decoder's tensors (and the encoder's when `with_encoder`).
  * Attention projections may be Linear (C, C) or 1x1 conv (C, C, 1, 1), as old
  * single-file checkpoints store them. The model borrows the tensors. */
+/* Compute in f16 or bf16 on a GPU (default f32); latents and images stay f32. */
+sd_status sd_vae_set_activation_dtype(sd_vae *v, sd_dtype dtype);
+sd_dtype sd_vae_activation_dtype(const sd_vae *v);
 sd_status sd_vae_create(const sd_vae_config *config, const sd_weights *weights, int with_encoder,
                         const sd_backend *be, sd_vae **out);
 void sd_vae_free(sd_vae *v);

@@ -142,6 +142,13 @@ static sd_status denoise(sd_unet *unet, const sd_backend *be, const sd_txt2img_p
     return SD_OK;
 }
 
+static int all_finite(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return 0;
+    return 1;
+}
+
 static sd_status decode_all(sd_vae *vae, const sd_backend *be, const sd_txt2img_params *p,
                             txt2img_state *s, int64_t per_image, int h, int w, uint8_t *images) {
     int H = p->height, W = p->width;
@@ -159,6 +166,19 @@ static sd_status decode_all(sd_vae *vae, const sd_backend *be, const sd_txt2img_
         SD_TRY(be->upload(be, &s->d_lat, lat));
         SD_TRY(sd_vae_decode(vae, &s->d_lat, &s->d_img));
         SD_TRY(be->download(be, s->pixels, &s->d_img));
+        if (!all_finite(s->pixels, 3 * (int64_t)H * W) &&
+            sd_vae_activation_dtype(vae) == SD_F16) {
+            /* f16 activations overflowed (65504 is their largest value): decode this image
+             * again in bf16, which has f32's range, rather than return a black image */
+            SD_TRY(sd_vae_set_activation_dtype(vae, SD_BF16));
+            sd_status st = sd_vae_decode(vae, &s->d_lat, &s->d_img);
+            if (st == SD_OK)
+                st = be->download(be, s->pixels, &s->d_img);
+            sd_vae_set_activation_dtype(vae, SD_F16);
+            SD_TRY(st);
+        }
+        if (!all_finite(s->pixels, 3 * (int64_t)H * W))
+            return sd_fail(SD_ERR_DEVICE, "txt2img: image %d decoded to non-finite values", i);
         to_uint8_hwc(s->pixels, H, W, images + (int64_t)i * H * W * 3);
     }
     return SD_OK;
