@@ -164,3 +164,24 @@ sd_status cuda_add_bias_rows(void *out, sd_dtype dt, const sd_tensor *bias, int6
 // out (planes, channels, plane) += bias (channels) per channel: NCHW conv bias.
 sd_status cuda_add_bias_channels(void *out, sd_dtype dt, const sd_tensor *bias, int64_t planes,
                                  int64_t channels, int64_t plane);
+
+// ----------------------------------------------------------------- packs ------
+// (elementwise, activation, layout) A run of N elements of T moved as one aligned load or
+// store: with N * sizeof(T) == 16 a warp moves 512 contiguous bytes per instruction instead
+// of 128 (f32) or 64 (f16). Used only where the caller has checked that the element index
+// is a multiple of N (cudaMalloc'd bases are 256-byte aligned).
+template <typename T, int N> struct alignas(sizeof(T) * N) cuda_pack {
+    T v[N];
+};
+
+// Elements of T in one 16-byte pack: 4 for f32, 8 for f16 and bf16.
+template <typename T> constexpr int cuda_pack16() { return 16 / (int)sizeof(T); }
+
+template <int N, typename T> __device__ __forceinline__ cuda_pack<T, N> ld_pack(const T *p,
+                                                                                int64_t i) {
+    return *reinterpret_cast<const cuda_pack<T, N> *>(p + i);
+}
+template <int N, typename T>
+__device__ __forceinline__ void st_pack(T *p, int64_t i, const cuda_pack<T, N> &v) {
+    *reinterpret_cast<cuda_pack<T, N> *>(p + i) = v;
+}
