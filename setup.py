@@ -5,6 +5,7 @@ SDCORE_CUDA=1: the same, but fail if either is missing.  SDCORE_CUDA=0: CPU only
 SDCORE_CUDA_ARCH: nvcc -gencode targets, default sm_80 and sm_90 plus compute_90 PTX.
 """
 
+import concurrent.futures
 import glob
 import os
 import shutil
@@ -121,7 +122,7 @@ class BuildExt(build_ext):
         ).split()
         flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden"]
         flags += ["-I", os.path.join(ROOT, "csrc"), "-I", os.path.join(ROOT, "kernels"), "-I", inc]
-        objects = []
+        objects, commands = [], []
         for src in sorted(glob.glob(os.path.join(ROOT, "kernels", "*.cu"))):
             obj = os.path.join(obj_dir, os.path.basename(src) + ".o")
             objects.append(obj)
@@ -130,9 +131,14 @@ class BuildExt(build_ext):
                 or newer(src, obj)
                 or any(newer(h, obj) for h in glob.glob(os.path.join(ROOT, "kernels", "*.cuh")))
             ):
-                cmd = [nvcc, *flags, *arch, "-c", src, "-o", obj]
-                log(" ".join(cmd))
-                subprocess.check_call(cmd)
+                commands.append([nvcc, *flags, *arch, "-c", src, "-o", obj])
+        # one nvcc per file, as many at once as there are cores: the kernels files
+        # instantiate many templates and each takes a while
+        for cmd in commands:
+            log(" ".join(cmd))
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for _ in pool.map(subprocess.check_call, commands):
+                pass
         target = os.path.join(out_dir, "libsdcore_cuda.so")
         # cuBLAS is found at run time beside a pip-installed nvidia-cublas, or where it
         # was at build time (a system toolkit); the CUDA runtime is linked statically.
