@@ -204,6 +204,20 @@ struct sd_backend {
      * right (the VAE encoder's downsampler pads only those sides) */
     sd_status (*pad_bottom_right)(const sd_backend *be, const sd_tensor *x, int bottom, int right,
                                   sd_tensor *out);
+
+    /* dst = src, tensors of this backend with the same number of bytes */
+    sd_status (*copy)(const sd_backend *be, sd_tensor *dst, const sd_tensor *src);
+
+    /* Graphs (NULL where a backend has none). The ops issued between graph_begin and
+     * graph_end are recorded instead of run; graph_launch replays them on the same
+     * buffers, at a fraction of the launch cost. Copies to or from the host, and
+     * allocations, must not happen in between. A graph goes stale when the backend
+     * moves its own workspaces (graph_valid is then 0): free it and record again. */
+    sd_status (*graph_begin)(const sd_backend *be);
+    sd_status (*graph_end)(const sd_backend *be, void **graph);
+    sd_status (*graph_launch)(const sd_backend *be, void *graph);
+    int (*graph_valid)(const sd_backend *be, const void *graph);
+    void (*graph_free)(const sd_backend *be, void *graph);
 };
 
 /* The CPU backend: always available. */

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 #include "cuda_common.cuh"
 
@@ -39,6 +40,8 @@ static sd_status ensure_stream() {
 
 static void *g_scratch[SCRATCH_SLOTS];
 static size_t g_scratch_bytes[SCRATCH_SLOTS];
+// bumped whenever a workspace moves: graphs recorded before then point at freed memory
+static unsigned long long g_scratch_epoch = 1;
 
 sd_status cuda_scratch(cuda_scratch_slot slot, size_t bytes, void **out) {
     if (bytes > g_scratch_bytes[slot]) {
@@ -51,6 +54,7 @@ sd_status cuda_scratch(cuda_scratch_slot slot, size_t bytes, void **out) {
         size_t grown = bytes + bytes / 4; // headroom: fewer regrowths as shapes vary
         SD_TRY(cuda_check(cudaMalloc(&g_scratch[slot], grown), "cudaMalloc (scratch)"));
         g_scratch_bytes[slot] = grown;
+        g_scratch_epoch++;
     }
     *out = g_scratch[slot];
     return SD_OK;
@@ -198,6 +202,67 @@ static sd_status cuda_synchronize(const sd_backend *) {
     return cuda_check(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize");
 }
 
+static sd_status cuda_copy(const sd_backend *, sd_tensor *dst, const sd_tensor *src) {
+    SD_TRY(cuda_need(src, "copy", "src"));
+    SD_TRY(cuda_need(dst, "copy", "dst"));
+    if (sd_nbytes_dev(src) != sd_nbytes_dev(dst))
+        return g_host->fail(SD_ERR_INVALID, "copy: 'dst' has %zu bytes, 'src' %zu",
+                            sd_nbytes_dev(dst), sd_nbytes_dev(src));
+    return cuda_check(cudaMemcpyAsync(dst->data, src->data, sd_nbytes_dev(src),
+                                      cudaMemcpyDeviceToDevice, g_stream),
+                      "copy (cudaMemcpyAsync device to device)");
+}
+
+// ----------------------------------------------------------------- graphs -----
+
+struct cuda_graph {
+    cudaGraphExec_t exec;
+    unsigned long long scratch_epoch;
+};
+
+static sd_status cuda_graph_begin(const sd_backend *) {
+    SD_TRY(ensure_stream());
+    // thread-local mode: another thread's unrelated CUDA calls do not break the capture
+    return cuda_check(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal),
+                      "cudaStreamBeginCapture");
+}
+
+static sd_status cuda_graph_end(const sd_backend *, void **out) {
+    *out = nullptr;
+    cudaGraph_t graph = nullptr;
+    SD_TRY(cuda_check(cudaStreamEndCapture(g_stream, &graph), "cudaStreamEndCapture"));
+    cudaGraphExec_t exec = nullptr;
+    sd_status s = cuda_check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+    cudaGraphDestroy(graph);
+    SD_TRY(s);
+    cuda_graph *g = new (std::nothrow) cuda_graph{exec, g_scratch_epoch};
+    if (!g) {
+        cudaGraphExecDestroy(exec);
+        return g_host->fail(SD_ERR_NOMEM, "graph: out of host memory");
+    }
+    *out = g;
+    return SD_OK;
+}
+
+static sd_status cuda_graph_launch(const sd_backend *, void *graph) {
+    cuda_graph *g = (cuda_graph *)graph;
+    if (g->scratch_epoch != g_scratch_epoch)
+        return g_host->fail(SD_ERR_INVALID, "graph: stale (the workspaces moved); record it again");
+    return cuda_check(cudaGraphLaunch(g->exec, g_stream), "cudaGraphLaunch");
+}
+
+static int cuda_graph_valid(const sd_backend *, const void *graph) {
+    return ((const cuda_graph *)graph)->scratch_epoch == g_scratch_epoch;
+}
+
+static void cuda_graph_free(const sd_backend *, void *graph) {
+    cuda_graph *g = (cuda_graph *)graph;
+    if (!g)
+        return;
+    cudaGraphExecDestroy(g->exec);
+    delete g;
+}
+
 static sd_backend make_backend() {
     sd_backend be;
     std::memset(&be, 0, sizeof be);
@@ -208,6 +273,12 @@ static sd_backend make_backend() {
     be.upload = cuda_upload;
     be.download = cuda_download;
     be.synchronize = cuda_synchronize;
+    be.copy = cuda_copy;
+    be.graph_begin = cuda_graph_begin;
+    be.graph_end = cuda_graph_end;
+    be.graph_launch = cuda_graph_launch;
+    be.graph_valid = cuda_graph_valid;
+    be.graph_free = cuda_graph_free;
     cuda_fill_elementwise(&be);
     cuda_fill_activation(&be);
     cuda_fill_layout(&be);

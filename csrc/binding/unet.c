@@ -534,7 +534,19 @@ static PyObject *unet_get_device(UNetObject *self, void *closure) {
     return PyUnicode_FromString(self->be->name);
 }
 
+static PyObject *unet_use_graphs(UNetObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    sd_unet_use_graphs(self->model, on && self->be->graph_begin != NULL);
+    PyThread_release_lock(self->lock);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef unet_methods[] = {
+    {"use_graphs", (PyCFunction)unet_use_graphs, METH_O,
+     "use_graphs(on): replay a recorded graph per input shape (GPU; on by default)"},
     {"forward", (PyCFunction)(void (*)(void))unet_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(sample (B, in, h, w), timesteps (B,) or a number, context (B, T, cross_dim))\n"
      "-> noise prediction (B, out, h, w), all float32"},

@@ -462,6 +462,17 @@ static sd_status cpu_convert(const sd_backend *be, const sd_tensor *x, sd_tensor
     return SD_OK;
 }
 
+static sd_status cpu_copy(const sd_backend *be, sd_tensor *dst, const sd_tensor *src) {
+    (void)be;
+    SD_TRY(need(src, "copy", "src"));
+    SD_TRY(need(dst, "copy", "dst"));
+    if (sd_nbytes(src) != sd_nbytes(dst))
+        return sd_fail(SD_ERR_INVALID, "copy: 'dst' has %zu bytes, 'src' %zu", sd_nbytes(dst),
+                       sd_nbytes(src));
+    memmove(dst->data, src->data, sd_nbytes(src));
+    return SD_OK;
+}
+
 static sd_status cpu_timestep_embedding(const sd_backend *be, const sd_tensor *timesteps, int dim,
                                         int flip_sin_to_cos, float downscale_freq_shift,
                                         sd_tensor *out) {
@@ -582,6 +593,7 @@ static const sd_backend cpu_backend = {
     .mul = cpu_mul,
     .scale = cpu_scale,
     .convert = cpu_convert,
+    .copy = cpu_copy,
     .timestep_embedding = cpu_timestep_embedding,
     .transpose_last2 = cpu_transpose_last2,
     .embedding = cpu_embedding,

@@ -57,6 +57,7 @@ sd_status sd_arena_tensor(sd_arena *a, sd_tensor *t, sd_dtype dtype, int ndim,
         SD_TRY(a->be->alloc(a->be, &fresh));
         slot->data = fresh.data;
         slot->capacity = need;
+        a->epoch++;
     }
     t->data = slot->data;
     a->next++;

@@ -25,6 +25,8 @@ typedef struct {
     sd_arena_slot *slots;
     int count, cap;
     int next; /* the slot the next request takes */
+    /* bumped whenever a slot is (re)allocated: addresses recorded before are stale */
+    uint64_t epoch;
 } sd_arena;
 
 void sd_arena_init(sd_arena *a, const sd_backend *be);

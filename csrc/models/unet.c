@@ -27,6 +27,21 @@ typedef struct {
     const sd_tensor *sampler_w, *sampler_b; /* (out, out, 3, 3), (out) or NULL */
 } unet_block;
 
+/* One recorded step: the inputs are copied into fixed buffers, then the graph of the
+ * whole forward is replayed; the first call for a shape runs directly (it plans the
+ * arena and the backend's workspaces), the second records. */
+#define UNET_GRAPHS 8
+typedef struct {
+    int64_t B, H, W, T;
+    sd_tensor sample, context, out; /* fixed buffers the graph reads and writes */
+    void *graph;                    /* NULL until recorded */
+    uint64_t arena_epoch;           /* of the arena when recorded */
+    uint64_t planned_epoch;         /* of the arena after a direct run of these shapes */
+} unet_graph;
+
+typedef struct sd_unet sd_unet;
+static void graphs_free(sd_unet *m);
+
 struct sd_unet {
     sd_unet_config cfg;
     const sd_backend *be;
@@ -38,6 +53,10 @@ struct sd_unet {
     sd_transformer2d mid_attention;
     const sd_tensor *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
     sd_arena arena;
+    /* recorded steps, one per input shape (on backends with graphs) */
+    unet_graph graphs[UNET_GRAPHS];
+    int graph_count;
+    int use_graphs;
 };
 
 /* Every down block's outputs (and conv_in's) wait here for the up block that uses them. */
@@ -272,6 +291,7 @@ sd_status sd_unet_create(const sd_unet_config *config, const sd_weights *weights
     m->cfg = *config;
     m->be = be;
     m->temb_dim = 4 * config->block_out_channels[0];
+    m->use_graphs = be->graph_begin != NULL;
     sd_arena_init(&m->arena, be);
     sd_status s = unet_load(m, weights);
     if (s != SD_OK) {
@@ -295,6 +315,7 @@ void sd_unet_free(sd_unet *m) {
         block_free(&m->up[i]);
     }
     sd_transformer2d_free(&m->mid_attention);
+    graphs_free(m);
     sd_arena_free(&m->arena);
     free(m);
 }
@@ -450,18 +471,15 @@ static sd_status forward_check(const sd_unet *m, const sd_tensor *sample, const 
 
 /* temb_silu (B, temb_dim) = silu(linear_2(silu(linear_1(sinusoid(t))))): every resnet
  * applies SiLU to the embedding before its own projection, so it is done once here. */
-static sd_status time_embedding_forward(sd_unet *m, const float *timesteps, int64_t B,
+static sd_status time_embedding_forward(sd_unet *m, const sd_tensor *t, int64_t B,
                                         sd_tensor *temb_silu) {
     const sd_backend *be = m->be;
     const sd_unet_config *c = &m->cfg;
-    sd_tensor t, sinus, temb;
-    /* timesteps stay f32: 999 is exact in f16, 999.5 is not */
-    SD_TRY(sd_arena_tensor(&m->arena, &t, SD_F32, 1, (const int64_t[]){B}));
+    sd_tensor sinus, temb;
     SD_TRY(sd_arena_act(&m->arena, &sinus, 2, B, c->block_out_channels[0], 1, 1));
     SD_TRY(sd_arena_act(&m->arena, &temb, 2, B, m->temb_dim, 1, 1));
     SD_TRY(sd_arena_act(&m->arena, temb_silu, 2, B, m->temb_dim, 1, 1));
-    SD_TRY(be->upload(be, &t, timesteps));
-    SD_TRY(be->timestep_embedding(be, &t, c->block_out_channels[0], c->flip_sin_to_cos,
+    SD_TRY(be->timestep_embedding(be, t, c->block_out_channels[0], c->flip_sin_to_cos,
                                   c->freq_shift, &sinus));                // (B, ch0)
     SD_TRY(be->linear(be, &sinus, m->time1_w, m->time1_b, temb_silu));    // (B, temb)
     SD_TRY(be->silu(be, temb_silu, temb_silu));
@@ -469,14 +487,22 @@ static sd_status time_embedding_forward(sd_unet *m, const float *timesteps, int6
     return be->silu(be, &temb, temb_silu);
 }
 
-sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *timesteps,
-                          const sd_tensor *context, sd_tensor *out) {
-    SD_TRY(forward_check(m, sample, timesteps, context, out));
+/* The timesteps' slot, always the arena's first: the recorded graph reads it there. */
+static sd_status timesteps_upload(sd_unet *m, const float *timesteps, int64_t B, sd_tensor *t) {
+    sd_arena_reset(&m->arena);
+    /* f32 even when the activations are f16: 999 is exact in f16, 999.5 is not */
+    SD_TRY(sd_arena_tensor(&m->arena, t, SD_F32, 1, (const int64_t[]){B}));
+    return m->be->upload(m->be, t, timesteps);
+}
+
+/* Everything after the timesteps' upload: only backend ops on device buffers, so that
+ * it can be recorded as a graph. */
+static sd_status forward_body(sd_unet *m, const sd_tensor *sample, const sd_tensor *t,
+                              const sd_tensor *context, sd_tensor *out) {
     const sd_backend *be = m->be;
     const sd_unet_config *c = &m->cfg;
     int n = c->num_blocks;
     int64_t B = sample->shape[0], H = sample->shape[2], W = sample->shape[3];
-    sd_arena_reset(&m->arena);
 
     /* inputs in the activation dtype (a no-op for f32) */
     sd_tensor sample_act, context_act;
@@ -492,7 +518,7 @@ sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *time
     }
 
     sd_tensor temb_silu;
-    SD_TRY(time_embedding_forward(m, timesteps, B, &temb_silu));
+    SD_TRY(time_embedding_forward(m, t, B, &temb_silu));
     unet_run r = {.be = be, .arena = &m->arena, .temb_silu = &temb_silu, .context = context};
 
     /* down path: h and every block output stay on the skip stack */
@@ -526,6 +552,120 @@ sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *time
     SD_TRY(sd_arena_act(&m->arena, &o, 4, B, c->out_channels, H, W));
     SD_TRY(be->conv2d(be, &g, m->conv_out_w, m->conv_out_b, 1, 1, &o));
     return be->convert(be, &o, out);
+}
+
+static void graph_drop(sd_unet *m, unet_graph *g) {
+    if (g->graph)
+        m->be->graph_free(m->be, g->graph);
+    g->graph = NULL;
+}
+
+static void graphs_free(sd_unet *m) {
+    for (int i = 0; i < m->graph_count; i++) {
+        unet_graph *g = &m->graphs[i];
+        graph_drop(m, g);
+        if (g->sample.data)
+            m->be->free(m->be, &g->sample);
+        if (g->context.data)
+            m->be->free(m->be, &g->context);
+        if (g->out.data)
+            m->be->free(m->be, &g->out);
+    }
+    m->graph_count = 0;
+}
+
+static sd_status graph_buffer(const sd_backend *be, sd_tensor *t, const sd_tensor *like) {
+    *t = sd_tensor_view(NULL, like->dtype, be->device, like->ndim, like->shape);
+    return be->alloc(be, t);
+}
+
+/* The graph entry for these shapes, made (with its fixed buffers) when there is none;
+ * NULL when all entries are taken by other shapes. */
+static sd_status graph_entry(sd_unet *m, const sd_tensor *sample, const sd_tensor *context,
+                             const sd_tensor *out, unet_graph **found) {
+    int64_t B = sample->shape[0], H = sample->shape[2], W = sample->shape[3];
+    int64_t T = context->shape[1];
+    *found = NULL;
+    for (int i = 0; i < m->graph_count; i++) {
+        unet_graph *g = &m->graphs[i];
+        if (g->B == B && g->H == H && g->W == W && g->T == T) {
+            *found = g;
+            return SD_OK;
+        }
+    }
+    if (m->graph_count == UNET_GRAPHS)
+        return SD_OK;
+    unet_graph *g = &m->graphs[m->graph_count];
+    memset(g, 0, sizeof *g);
+    sd_status s = graph_buffer(m->be, &g->sample, sample);
+    if (s == SD_OK)
+        s = graph_buffer(m->be, &g->context, context);
+    if (s == SD_OK)
+        s = graph_buffer(m->be, &g->out, out);
+    m->graph_count++; /* counted either way, so graphs_free releases what was made */
+    if (s != SD_OK)
+        return s;
+    g->B = B, g->H = H, g->W = W, g->T = T;
+    *found = g;
+    return SD_OK;
+}
+
+/* Record the step into g (inputs already in its buffers, timesteps in slot 0). */
+static sd_status graph_record(sd_unet *m, unet_graph *g, const sd_tensor *t) {
+    const sd_backend *be = m->be;
+    uint64_t epoch = m->arena.epoch;
+    SD_TRY(be->graph_begin(be));
+    sd_status s = forward_body(m, &g->sample, t, &g->context, &g->out);
+    void *graph = NULL;
+    sd_status e = be->graph_end(be, &graph);
+    if (s == SD_OK && e == SD_OK && m->arena.epoch != epoch)
+        s = sd_fail(SD_ERR_INVALID, "unet: the step allocated while being recorded");
+    if (s != SD_OK || e != SD_OK) {
+        if (graph)
+            be->graph_free(be, graph);
+        return s != SD_OK ? s : e;
+    }
+    g->graph = graph;
+    g->arena_epoch = m->arena.epoch;
+    return SD_OK;
+}
+
+sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *timesteps,
+                          const sd_tensor *context, sd_tensor *out) {
+    SD_TRY(forward_check(m, sample, timesteps, context, out));
+    const sd_backend *be = m->be;
+    int64_t B = sample->shape[0];
+    sd_tensor t;
+    unet_graph *g = NULL;
+    if (m->use_graphs && be->graph_begin)
+        SD_TRY(graph_entry(m, sample, context, out, &g));
+    if (!g) { /* no graphs on this backend, or too many shapes: run directly */
+        SD_TRY(timesteps_upload(m, timesteps, B, &t));
+        return forward_body(m, sample, &t, context, out);
+    }
+    if (g->graph && (g->arena_epoch != m->arena.epoch || !be->graph_valid(be, g->graph)))
+        graph_drop(m, g); /* buffers moved since it was recorded */
+    SD_TRY(timesteps_upload(m, timesteps, B, &t));
+    SD_TRY(be->copy(be, &g->sample, sample));
+    SD_TRY(be->copy(be, &g->context, context));
+    if (!g->graph) {
+        if (g->planned_epoch != m->arena.epoch || m->arena.epoch == 0) {
+            /* run directly: plans the arena (and the backend's workspaces) for these
+             * shapes; the next step finds them in place and records */
+            SD_TRY(forward_body(m, &g->sample, &t, &g->context, &g->out));
+            g->planned_epoch = m->arena.epoch;
+            return be->copy(be, out, &g->out);
+        }
+        SD_TRY(graph_record(m, g, &t));
+    }
+    SD_TRY(be->graph_launch(be, g->graph));
+    return be->copy(be, out, &g->out);
+}
+
+void sd_unet_use_graphs(sd_unet *m, int on) {
+    if (!on)
+        graphs_free(m);
+    m->use_graphs = on;
 }
 
 sd_status sd_unet_set_activation_dtype(sd_unet *m, sd_dtype dtype) {

@@ -52,6 +52,10 @@ const sd_unet_config *sd_unet_get_config(const sd_unet *m);
 /* Bytes of activation memory the model holds (planned by the first forward). */
 size_t sd_unet_activation_bytes(const sd_unet *m);
 
+/* On a backend with graphs, record each step shape's forward once and replay it (on by
+ * default where available); off frees the recorded graphs. */
+void sd_unet_use_graphs(sd_unet *m, int on);
+
 /* Compute in f16 or bf16 on a GPU (default f32); sample, context and out stay f32. */
 sd_status sd_unet_set_activation_dtype(sd_unet *m, sd_dtype dtype);
 
