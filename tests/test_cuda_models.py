@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(not available, reason=f"no CUDA: {reason}")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from test_clip import SMALL as SMALL_CLIP  # noqa: E402
 from test_clip import make_model as make_clip  # noqa: E402
 from test_unet import CONFIGS, inputs, reference_model  # noqa: E402
 from test_vae import SMALL as SMALL_VAE  # noqa: E402
@@ -105,7 +106,7 @@ def test_vae_on_gpu(rng, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_text_encoder_on_gpu(rng, dtype):
-    model, state = make_clip(int(rng.integers(1 << 30)))
+    model, _, state = make_clip(int(rng.integers(1 << 30)), **SMALL_CLIP)
     model = model.double()
     ids = rng.integers(0, model.config.vocab_size, (2, 77)).astype(np.int64)
     with torch.no_grad():
