@@ -126,7 +126,11 @@ def build_app(demo, title="sdcore"):
             return demo.cancel(session=request.session_hash)
 
         def on_load():
+            # the server may have come up, or changed model, since the page was built; what
+            # has not changed is left alone, so that a value typed meanwhile is not reset
             d = demo.model_defaults()
+            if d == defaults:
+                return demo.status_text(), gr.skip(), gr.skip(), gr.skip()
             return (
                 demo.status_text(),
                 d.width,
@@ -134,18 +138,14 @@ def build_app(demo, title="sdcore"):
                 gr.Dropdown(choices=list(d.samplers), value=d.sampler),
             )
 
-        generate.click(
-            on_generate,
-            inputs=[prompt, negative, width, height, steps, cfg, seed, random_seed, sampler, count],
-            outputs=list(shown.values()),
-            concurrency_limit=None,  # the server's queue decides, and says when it is full
-        )
-        prompt.submit(
-            on_generate,
-            inputs=[prompt, negative, width, height, steps, cfg, seed, random_seed, sampler, count],
-            outputs=list(shown.values()),
-            concurrency_limit=None,
-        )
+        controls = [prompt, negative, width, height, steps, cfg, seed, random_seed, sampler, count]
+        for trigger in (generate.click, prompt.submit):
+            trigger(
+                on_generate,
+                inputs=controls,
+                outputs=list(shown.values()),
+                concurrency_limit=None,  # the server's queue decides, and says when it is full
+            ).then(demo.status_text, outputs=status, show_progress="hidden")
         cancel.click(on_cancel, outputs=progress, concurrency_limit=None)
         app.load(on_load, outputs=[status, width, height, sampler])
         timer = gr.Timer(STATUS_SECONDS)

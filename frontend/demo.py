@@ -21,7 +21,7 @@ class Update:
     """One change to the page. Fields left at KEEP are not touched."""
 
     progress: object = KEEP  # a line: queued, step i of n, done
-    preview: object = KEEP  # PIL image of the latest step, or None to clear
+    preview: object = KEEP  # PIL image of the latest step (then a PNG path), or None to clear
     gallery: object = KEEP  # [(png path, caption)]
     files: object = KEEP  # [png path] for download
     parameters: object = KEEP  # the infotext of each image
@@ -137,6 +137,7 @@ class Demo:
                 f"(queued {t.queued_seconds:.2f} s, generating {t.generate_seconds:.2f} s); "
                 f"seed{'s' if count != 1 else ''} used: {seeds}"
             ),
+            preview=paths[0] if paths else None,  # the last picture of the job is its result
             gallery=gallery,
             files=paths,
             parameters="\n\n".join(image.parameters for image in result.images),

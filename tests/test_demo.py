@@ -72,7 +72,7 @@ def test_generate_streams_progress_previews_and_the_pngs(demo):
     assert final["message"] == "" and final["seed"] == 5
     assert final["progress"].startswith("Done: 1 image in") and "seed used: 5" in final["progress"]
     [path] = final["files"]
-    assert final["gallery"] == [(path, "seed 5, 64x64")]
+    assert final["gallery"] == [(path, "seed 5, 64x64")] and final["preview"] == path
     png = Image.open(path)
     assert png.text["parameters"] == final["parameters"]
     assert "Seed: 5" in final["parameters"] and "Steps: 3" in final["parameters"]
