@@ -18,7 +18,8 @@ def build_app(demo, title="sdcore"):
     import gradio as gr
 
     defaults = demo.model_defaults()
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    # Gradio's copies of the PNGs it served are deleted after a day, checked every hour
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         gr.Markdown(f"# {title}\nText to image with sdcore, over its gRPC API.")
         status = gr.Markdown(demo.status_text(), elem_id="sd-status")
         with gr.Row():

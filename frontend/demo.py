@@ -4,6 +4,7 @@ happened, as a series of updates that app.py shows. Tests drive this directly.""
 import dataclasses
 import io
 import pathlib
+import shutil
 import tempfile
 import threading
 import uuid
@@ -14,6 +15,7 @@ from PIL import Image
 from frontend.backend import Settings, describe_error
 
 KEEP = object()  # an Update field left as it is on the page
+KEPT_RESULTS = 200  # job folders of PNGs kept for download; older ones are deleted
 
 
 @dataclasses.dataclass
@@ -121,6 +123,7 @@ class Demo:
     def _result_update(self, result):
         folder = self.output_dir / result.job_id
         folder.mkdir(parents=True, exist_ok=True)
+        self._delete_old_results()
         paths, gallery = [], []
         for i, image in enumerate(result.images):
             # the server's PNG bytes, untouched: they carry the `parameters` chunk
@@ -144,6 +147,16 @@ class Demo:
             message="",
             seed=result.seeds[0] if result.seeds else KEEP,
         )
+
+    def _delete_old_results(self):
+        """A page left open for days must not fill the disk: keep the newest job folders."""
+        folders = sorted(self.output_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in folders[:-KEPT_RESULTS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def close(self):
+        """Delete every PNG written for download."""
+        shutil.rmtree(self.output_dir, ignore_errors=True)
 
 
 def settings_from_controls(

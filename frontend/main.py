@@ -112,8 +112,9 @@ def run(args):
         address = server.address
         print(f"sdcore demo: gRPC server on {address}", file=sys.stderr)
     backend = Backend(address, api_key=args.api_key, tls=args.tls, ca_cert=args.ca_cert)
+    demo = Demo(backend)
     try:
-        app = build_app(Demo(backend), title=args.title)
+        app = build_app(demo, title=args.title)
         print(f"sdcore demo: page on http://{args.host}:{args.port}", file=sys.stderr)
         app.queue().launch(
             server_name=args.host,
@@ -124,6 +125,7 @@ def run(args):
             quiet=True,
         )
     finally:
+        demo.close()
         backend.close()
         if server is not None:
             server.stop()

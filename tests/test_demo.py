@@ -3,6 +3,7 @@ previews, results, and what the page says for each failure, with the status code
 really sends. The engine is tests/engine_double.py, whose speed the test sets; the page in a
 browser, on the real engine, is tests/test_demo_browser.py."""
 
+import pathlib
 import socket
 import sys
 import threading
@@ -183,3 +184,15 @@ def test_the_page_builds_with_every_control(demo):
         "message progress preview gallery parameters downloads status"
     ).split():
         assert f"sd-{name}" in ids
+
+
+def test_old_results_are_deleted(demo, monkeypatch):
+    monkeypatch.setattr("frontend.demo.KEPT_RESULTS", 2)
+    paths = []
+    for seed in (1, 2, 3):
+        final = outcome(demo.generate(Settings("x", steps=1, seed=seed)))
+        paths += final["files"]
+        time.sleep(0.02)  # distinct folder times
+    assert [pathlib.Path(p).exists() for p in paths] == [False, True, True]
+    demo.close()
+    assert not demo.output_dir.exists()
