@@ -1,6 +1,7 @@
 """The demo page in a real headless browser: `sdcore demo` (its gRPC server in the same process,
 the shipped model) is started as a command, and Debian's chromium, driven by Playwright, opens
-it, types a prompt, generates, downloads the PNG and reads its `parameters` chunk back.
+it, types a prompt, generates, downloads the PNG and reads its `parameters` chunk back; then
+the page's messages for invalid input, a cancelled job and a server that is not there.
 
 A screenshot of the page with its result is saved to test-artifacts/demo-page.png (the README
 shows one). No browser is downloaded: without /usr/bin/chromium (`apt-get install chromium`)
@@ -152,6 +153,19 @@ def test_invalid_input_shows_the_servers_message(page, demo_url):
     expect(page.locator("#sd-message")).to_contain_text(
         "Invalid input: width: must be a multiple of 8", timeout=20_000
     )
+
+
+def test_cancel_from_the_page(page, demo_url):
+    open_page(page, demo_url)
+    page.fill("#sd-prompt textarea", "a blue square on a white background")
+    page.fill("#sd-steps input", "150")
+    page.click("#sd-generate")
+    expect(page.locator("#sd-progress")).to_contain_text("Step", timeout=20_000)
+    page.click("#sd-cancel")
+    expect(page.locator("#sd-message")).to_have_text(
+        "Cancelled: cancelled by a Cancel request", timeout=20_000
+    )
+    expect(page.locator("#sd-gallery img")).to_have_count(0)
 
 
 def test_server_unavailable_is_said_on_the_page(page, tmp_path):
