@@ -1,5 +1,5 @@
 """The `sdcore` command: generate images, report the build, and (with the service
-installed) serve and call the gRPC API."""
+installed) serve and call the gRPC API, and show the demo page."""
 
 import argparse
 import json
@@ -94,13 +94,21 @@ def cmd_client(args):
     return run(args)
 
 
+def cmd_demo(args):
+    from frontend.main import run
+
+    return run(args)
+
+
 def _add_service_commands(sub):
-    """`serve` and `client` need the gRPC packages; without them the other commands still work."""
+    """`serve`, `client` and `demo` need the gRPC packages; without them the other commands
+    still work. `demo` also needs Gradio, which it asks for when it runs."""
     try:
+        from frontend import main as demo
         from service import client, config
     except ImportError as e:
         reason = f"needs the service package and its dependencies ({e})"
-        for name in ("serve", "client"):
+        for name in ("serve", "client", "demo"):
             p = sub.add_parser(name, help=reason)
             p.set_defaults(func=lambda args, reason=reason: sys.exit(f"sdcore: {reason}"))
         return
@@ -110,6 +118,9 @@ def _add_service_commands(sub):
     p = sub.add_parser("client", help="talk to a running sdcore server")
     client.add_arguments(p)
     p.set_defaults(func=cmd_client)
+    p = sub.add_parser("demo", help="the Gradio demo page over the gRPC service (port 7860)")
+    demo.add_arguments(p)
+    p.set_defaults(func=cmd_demo)
 
 
 def build_parser():

@@ -1,0 +1,111 @@
+"""The page's only way to the engine: the sdcore.v1 gRPC API, through the generated stubs."""
+
+import dataclasses
+import pathlib
+
+import grpc
+
+from service.gen import sdcore_service_pb2 as pb
+from service.gen import sdcore_service_pb2_grpc as pb_grpc
+
+# what the person at the page is told, by status code; the server's own message follows
+_MESSAGES = {
+    grpc.StatusCode.UNAVAILABLE: "The server is unavailable",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "The server's queue is full; try again in a moment",
+    grpc.StatusCode.INVALID_ARGUMENT: "Invalid input",
+    grpc.StatusCode.CANCELLED: "Cancelled",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "The server took too long",
+    grpc.StatusCode.UNAUTHENTICATED: "The server refused the API key",
+    grpc.StatusCode.INTERNAL: "The engine failed",
+}
+
+
+def describe_error(error, address=""):
+    """One line for the page: what went wrong in plain words, then the server's details."""
+    code = error.code()
+    details = error.details() or ""
+    headline = _MESSAGES.get(code, f"The server answered {code.name}")
+    if code == grpc.StatusCode.UNAVAILABLE and address:
+        headline += f" at {address}"
+    if code == grpc.StatusCode.UNAVAILABLE and _is_connection_failure(details):
+        # grpc's text for a refused connection is long and internal; say what it means
+        return f"{headline}: no sdcore server answers there (is `sdcore serve` running?)"
+    return f"{headline}: {details}" if details else headline
+
+
+def _is_connection_failure(details):
+    lowered = details.lower()
+    return any(
+        s in lowered
+        for s in ("failed to connect", "connection refused", "connect failed", "dns resolution")
+    )
+
+
+@dataclasses.dataclass
+class Settings:
+    """One request as the page's controls set it. width/height/steps 0: the server's default."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 0
+    height: int = 0
+    steps: int = 0
+    guidance_scale: float = 7.5
+    seed: int = -1  # -1: random, chosen by the server
+    sampler: str = ""
+    num_images: int = 1
+
+    def request(self, job_id, preview=True):
+        return pb.GenerateRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            sampler=self.sampler,
+            num_images=self.num_images,
+            job_id=job_id,
+            preview=preview,
+        )
+
+
+class Backend:
+    """A channel to one server. Blocking calls: Gradio runs each handler in its own thread."""
+
+    def __init__(self, address, api_key=None, tls=False, ca_cert=None, timeout=None):
+        self.address = address
+        self.timeout = timeout  # seconds for a whole generation; None: no deadline
+        options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+        if tls:
+            root = pathlib.Path(ca_cert).read_bytes() if ca_cert else None
+            credentials = grpc.ssl_channel_credentials(root)
+            self.channel = grpc.secure_channel(address, credentials, options)
+        else:
+            self.channel = grpc.insecure_channel(address, options)
+        self.stub = pb_grpc.SdcoreStub(self.channel)
+        self.metadata = (("x-api-key", api_key),) if api_key else None
+
+    def status(self, timeout=5.0):
+        return self.stub.GetStatus(pb.StatusRequest(), timeout=timeout, metadata=self.metadata)
+
+    def models(self, timeout=5.0):
+        reply = self.stub.ListModels(
+            pb.ListModelsRequest(), timeout=timeout, metadata=self.metadata
+        )
+        return list(reply.models)
+
+    def generate_stream(self, settings, job_id):
+        """GenerateStream's events: queued, progress (with a preview), then the result."""
+        return self.stub.GenerateStream(
+            settings.request(job_id), timeout=self.timeout, metadata=self.metadata
+        )
+
+    def cancel(self, job_id):
+        return self.stub.Cancel(
+            pb.CancelRequest(job_id=job_id), timeout=5.0, metadata=self.metadata
+        )
+
+    def close(self):
+        self.channel.close()
