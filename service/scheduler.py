@@ -336,7 +336,8 @@ def _engine_call(slot, jobs, loop):
             if job.events is not None and not job.future.done():
                 png = b""
                 if job.preview and preview is not None:
-                    png = _preview_png(preview, offset)
+                    to_rgb = getattr(slot.pipeline, "latents_to_rgb", None)
+                    png = _preview_png(to_rgb(preview) if to_rgb else preview, offset)
                 loop.call_soon_threadsafe(job.push, ("progress", step, total, png))
             offset += job.params.num_images
 

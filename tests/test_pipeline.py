@@ -289,3 +289,23 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         sdcore.Pipeline.from_pretrained(device="cuda")
     with pytest.raises(ValueError, match="dtype"):
         sdcore.Pipeline.from_pretrained(dtype="float16")
+
+
+def test_latent_previews_have_the_image_shape_and_follow_it():
+    pipe = sdcore.Pipeline.from_pretrained()
+    last = []
+    images = pipe(
+        "a red circle on a blue background",
+        num_inference_steps=6,
+        seed=11,
+        num_images=2,
+        callback=lambda step, total, latents: last.append(np.array(latents)),
+    )
+    preview = pipe.latents_to_rgb(last[-1])
+    assert preview.shape == (2, 128, 128, 3) and preview.dtype == np.uint8
+    # fitted on this generation: the preview of its final latents explains the image
+    # far better than its mean colour does
+    image = np.stack([np.asarray(i) for i in images]).astype(np.float64)
+    err = np.abs(preview - image).mean()
+    flat = np.abs(image - image.mean(axis=(1, 2), keepdims=True)).mean()
+    assert err < 0.5 * flat
