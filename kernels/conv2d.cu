@@ -6,24 +6,23 @@
 // chunks so the buffer stays bounded (the VAE at 512x512 would need 600 MB at once).
 #include "cuda_common.cuh"
 
-// col (C*KH*KW, pc) for output pixels [p0, p0 + pc) of one image. One block row per
-// column-buffer row (blockIdx.y: channel and kernel tap, fixed for the block), threads
-// along the pixels: 32-bit index math, no division per element but one by OW.
+// col (C*KH*KW, pc) for output pixels [p0, p0 + pc) of one image
 template <typename T>
-__global__ void im2col_kernel(const T *__restrict__ x, T *__restrict__ col, int H, int W, int KH,
-                              int KW, int stride, int pad, int OW, int p0, int pc) {
-    int p = blockIdx.x * blockDim.x + threadIdx.x;
-    if (p >= pc)
+__global__ void im2col_kernel(const T *x, T *col, int C, int H, int W, int KH, int KW,
+                              int stride, int pad, int OW, int64_t p0, int64_t pc) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t total = (int64_t)C * KH * KW * pc;
+    if (i >= total)
         return;
-    int row = blockIdx.y;
-    int kw = row % KW, kh = (row / KW) % KH, c = row / (KW * KH);
-    int op = p0 + p;
-    int oy = op / OW, ox = op - oy * OW;
+    int64_t p = i % pc, row = i / pc;
+    int kw = (int)(row % KW), kh = (int)(row / KW % KH), c = (int)(row / (KW * KH));
+    int64_t op = p0 + p;
+    int oy = (int)(op / OW), ox = (int)(op % OW);
     int iy = oy * stride - pad + kh, ix = ox * stride - pad + kw;
     T v = from_f32<T>(0.0f);
-    if ((unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W)
-        v = x[((size_t)c * H + iy) * W + ix];
-    col[(size_t)row * pc + p] = v;
+    if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+        v = x[((int64_t)c * H + iy) * W + ix];
+    col[i] = v;
 }
 
 static const size_t COLUMN_BUFFER_BYTES = 128u << 20;
@@ -51,11 +50,6 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
                             (long long)B, (long long)OC, (long long)OH, (long long)OW);
     if (bias)
         SD_TRY(cuda_need_vector(bias, OC, "conv2d", "bias"));
-    if (C * KH * KW > 65535 || OH * OW > INT32_MAX / 2 || C * H * W > INT32_MAX / 2)
-        return g_host->fail(SD_ERR_UNSUPPORTED,
-                            "conv2d: %lld x %lld x %lld taps or a %lld x %lld image is too large",
-                            (long long)C, (long long)KH, (long long)KW, (long long)H,
-                            (long long)W);
     const void *wd;
     SD_TRY(cuda_as_dtype(w, x->dtype, SCRATCH_CAST_A, &wd));
     sd_dtype dt = x->dtype;
@@ -79,12 +73,13 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
             for (int64_t b0 = 0; b0 < B; b0 += per) {
                 int64_t nb = B - b0 < per ? B - b0 : per;
                 for (int64_t b = 0; b < nb; b++) {
-                    dim3 grid(cuda_blocks(P, 256), (unsigned)Kc);
+                    int64_t total = Kc * P;
                     CUDA_DISPATCH(dt, T,
-                                  im2col_kernel<T><<<grid, 256, 0, cuda_stream()>>>(
+                                  im2col_kernel<T><<<cuda_blocks(total, 256), 256, 0,
+                                                     cuda_stream()>>>(
                                       (const T *)x->data + (b0 + b) * C * H * W,
-                                      (T *)col + b * Kc * P, (int)H, (int)W, (int)KH, (int)KW,
-                                      stride, padding, (int)OW, 0, (int)P));
+                                      (T *)col + b * Kc * P, (int)C, (int)H, (int)W, (int)KH,
+                                      (int)KW, stride, padding, (int)OW, 0, P));
                     SD_TRY(cuda_launched("im2col_kernel"));
                 }
                 SD_TRY(cuda_gemm(false, OC, P, Kc, wd, Kc, 0, col, P, Kc * P,
@@ -97,12 +92,13 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
             for (int64_t b = 0; b < B; b++)
                 for (int64_t p0 = 0; p0 < P; p0 += chunk) {
                     int64_t pc = P - p0 < chunk ? P - p0 : chunk;
-                    dim3 grid(cuda_blocks(pc, 256), (unsigned)Kc);
+                    int64_t total = Kc * pc;
                     CUDA_DISPATCH(dt, T,
-                                  im2col_kernel<T><<<grid, 256, 0, cuda_stream()>>>(
-                                      (const T *)x->data + b * C * H * W, (T *)col, (int)H,
-                                      (int)W, (int)KH, (int)KW, stride, padding, (int)OW,
-                                      (int)p0, (int)pc));
+                                  im2col_kernel<T><<<cuda_blocks(total, 256), 256, 0,
+                                                     cuda_stream()>>>(
+                                      (const T *)x->data + b * C * H * W, (T *)col, (int)C,
+                                      (int)H, (int)W, (int)KH, (int)KW, stride, padding, (int)OW,
+                                      p0, pc));
                     SD_TRY(cuda_launched("im2col_kernel"));
                     // out_b[:, p0:p0+pc] (row stride P) = w @ col (Kc, pc)
                     SD_TRY(cuda_gemm(false, OC, pc, Kc, wd, Kc, 0, col, pc, 0,
