@@ -119,6 +119,10 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
             reply.model = pipe.name
             reply.device = pipe.device
             reply.random_weights = bool(getattr(pipe, "random_weights", False))
+            if pipe.device == "cuda":
+                free, total = sdcore._C.cuda_memory_info()
+                reply.gpu_memory_used_bytes = total - free
+                reply.gpu_memory_total_bytes = total
         return reply
 
     @rpc_method("ListModels")

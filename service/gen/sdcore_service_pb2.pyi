@@ -123,7 +123,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "model", "device", "queue_depth", "jobs_in_flight", "uptime_seconds", "rss_bytes", "peak_rss_bytes", "model_loaded", "random_weights", "queue_capacity", "max_batch_size", "images_generated")
+    __slots__ = ("version", "model", "device", "queue_depth", "jobs_in_flight", "uptime_seconds", "rss_bytes", "peak_rss_bytes", "model_loaded", "random_weights", "queue_capacity", "max_batch_size", "images_generated", "gpu_memory_used_bytes", "gpu_memory_total_bytes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,8 @@ class StatusResponse(_message.Message):
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     IMAGES_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     version: str
     model: str
     device: str
@@ -150,7 +152,9 @@ class StatusResponse(_message.Message):
     queue_capacity: int
     max_batch_size: int
     images_generated: int
-    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., queue_depth: _Optional[int] = ..., jobs_in_flight: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., model_loaded: _Optional[bool] = ..., random_weights: _Optional[bool] = ..., queue_capacity: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., images_generated: _Optional[int] = ...) -> None: ...
+    gpu_memory_used_bytes: int
+    gpu_memory_total_bytes: int
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., queue_depth: _Optional[int] = ..., jobs_in_flight: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., model_loaded: _Optional[bool] = ..., random_weights: _Optional[bool] = ..., queue_capacity: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., images_generated: _Optional[int] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
