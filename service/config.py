@@ -93,8 +93,11 @@ class ServerConfig:
             raise ConfigError(f"--max-images: {self.max_images_per_request} is below 1")
         if self.grace_period < 0:
             raise ConfigError(f"--grace-period: {self.grace_period} is negative")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"--device: {self.device!r} is not cpu, cuda or cuda:N")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(
+                f"--device: {self.device!r} is not cpu or cuda (the first GPU; choose another "
+                "with CUDA_VISIBLE_DEVICES)"
+            )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(
                 f"--log-level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
@@ -145,7 +148,7 @@ def add_arguments(parser):
     g.add_argument(
         "--model", help="checkpoint file or diffusers folder (default: the shipped model)"
     )
-    g.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--device", help="cpu or cuda (default cpu)")
     g.add_argument("--max-workers", type=int, help="engine threads (env GRPC_MAX_WORKERS)")
     g.add_argument(
         "--max-message-size",
