@@ -873,6 +873,11 @@ def parse_args(argv=None):
         help="share of the time budget for the autoencoder stage (default 0.55)",
     )
     p.add_argument(
+        "--reserve-s",
+        type=float,
+        help="seconds kept at the end for saving, samples and evaluation (default 45)",
+    )
+    p.add_argument(
         "--vae-fg-weight",
         type=float,
         default=4.0,
@@ -929,6 +934,7 @@ def main(argv=None) -> int:
         ("unet_lr", args.lr),
         ("eval_prompts", args.eval_prompts),
         ("vae_time_share", args.vae_time_share),
+        ("reserve_s", args.reserve_s),
     ):
         if value is not None:
             cfg[key] = value
