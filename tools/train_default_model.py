@@ -10,8 +10,11 @@ coloured shapes with captions; the held-out (colour, shape, background) triples 
 Stages:
 
 1. data: images and token ids are drawn by a pool of worker processes while training runs;
-2. the autoencoder: L1 reconstruction + an L1 term on image gradients (keeps edges sharp) + a
-   small KL term; then ``scaling_factor`` = 1 / std of the latents of a data sample;
+2. the autoencoder: L1 reconstruction (pixels of objects weighted ``--vae-fg-weight`` times
+   more than the background) + an L1 term on image gradients (keeps edges sharp) + a small KL
+   term; then ``scaling_factor`` = 1 / std of the latents of a data sample, and the scores of its
+   reconstructions of the held-out scenes (``vae_ceiling`` in the log: what the whole model can
+   score at best);
 3. the text encoder and the UNet, trained together on the frozen autoencoder's latents:
    epsilon prediction, the DDPM schedule of SD 1.x (scaled_linear 0.00085..0.012, 1000 steps),
    10% of captions replaced by the empty prompt (for classifier-free guidance), min-SNR loss
@@ -34,11 +37,20 @@ less the reserve goes to the text encoder + UNet stage, which starts as soon as 
 thousand images are drawn (the rest are encoded between steps). The peak learning rate is then
 half the default, with a shorter warm-up; the EMA starts from the loaded weights.
 
+``--init-vae-from DIR`` takes only the autoencoder of an earlier run (a folder with ``vae/``) and
+trains the text encoder and UNet from scratch with the whole budget (full learning rate).
+
 Usage::
 
     python tools/train_default_model.py --out /tmp/model                 # GPU, about 8.5 min
     python tools/train_default_model.py --init-from /tmp/model --out /tmp/model2 --seed 1
     python tools/train_default_model.py --smoke --device cpu --out /tmp/smoke_model
+
+The shipped model came from two runs on one H100 (``MODEL_CARD.md``)::
+
+    python tools/train_default_model.py --time-budget-min 9.25 --seed 3 --out /tmp/run1
+    python tools/train_default_model.py --time-budget-min 9.5 --reserve-s 30 --images 300000 \
+        --seed 4 --init-vae-from /tmp/run1 --out /tmp/model
 """
 
 from __future__ import annotations
