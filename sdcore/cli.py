@@ -6,6 +6,12 @@ import json
 import os
 import sys
 
+# Guidance when --cfg is not given. The shipped model is scored at 5 by
+# tools/eval_default_model.py; at 7.5 its colours saturate (held-out colour accuracy 88%
+# instead of 100%). Other models get the usual 7.5.
+SHIPPED_MODEL_CFG = 5.0
+OTHER_MODEL_CFG = 7.5
+
 
 def cmd_info(args):
     import sdcore
@@ -33,6 +39,8 @@ def cmd_generate(args):
     if args.sampler not in SAMPLERS:
         print(f"sdcore: --sampler must be one of {', '.join(SAMPLERS)}", file=sys.stderr)
         return 2
+    if args.cfg is None:
+        args.cfg = SHIPPED_MODEL_CFG if args.model is None else OTHER_MODEL_CFG
     try:
         pipe = Pipeline.from_pretrained(args.model, device=args.device)
         pipe.validate(
@@ -140,7 +148,13 @@ def build_parser():
     )
     p.add_argument("--negative", default=None, help="negative prompt")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance scale (default: {SHIPPED_MODEL_CFG:g} with the shipped "
+        f"model, {OTHER_MODEL_CFG:g} with --model)",
+    )
     p.add_argument("--seed", type=int, default=-1, help="-1: random")
     p.add_argument("--sampler", default="euler_a")
     p.add_argument("--width", type=int, default=None, help="default: the model's size")

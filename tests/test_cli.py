@@ -1,0 +1,27 @@
+"""`sdcore generate` from the command line, on the shipped model."""
+
+from PIL import Image
+
+from sdcore.cli import OTHER_MODEL_CFG, SHIPPED_MODEL_CFG, main
+from sdcore.pipeline import DEFAULT_MODEL
+
+
+def _parameters(path):
+    return Image.open(path).info["parameters"]
+
+
+def test_generate_guidance_default_follows_the_model(tmp_path, capsys):
+    # the shipped model is evaluated at guidance 5; any other model gets the usual 7.5
+    shipped = tmp_path / "shipped.png"
+    args = ["generate", "a red circle", "--steps", "2", "--seed", "3", "-o"]
+    assert main(args + [str(shipped)]) == 0
+    assert f"CFG scale: {SHIPPED_MODEL_CFG:g}," in _parameters(shipped)
+
+    other = tmp_path / "other.png"
+    assert main(args + [str(other), "--model", DEFAULT_MODEL]) == 0
+    assert f"CFG scale: {OTHER_MODEL_CFG:g}," in _parameters(other)
+
+    given = tmp_path / "given.png"
+    assert main(args + [str(given), "--cfg", "3"]) == 0
+    assert "CFG scale: 3," in _parameters(given)
+    assert "seed 3" in capsys.readouterr().out
