@@ -35,7 +35,9 @@ def build_app(demo, title="sdcore"):
                     )
                 with gr.Row():
                     steps = gr.Number(20, label="Steps", precision=0, elem_id="sd-steps")
-                    cfg = gr.Number(7.5, label="CFG scale", step=0.5, elem_id="sd-cfg")
+                    cfg = gr.Number(
+                        defaults.guidance, label="CFG scale", step=0.5, elem_id="sd-cfg"
+                    )
                 with gr.Row():
                     seed = gr.Number(-1, label="Seed", precision=0, elem_id="sd-seed")
                     random_seed = gr.Checkbox(True, label="Random seed", elem_id="sd-random-seed")

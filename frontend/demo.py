@@ -39,6 +39,7 @@ class ModelDefaults:
     height: int = 512
     samplers: tuple = ("euler_a", "euler", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "pndm", "lms")
     sampler: str = "euler_a"
+    guidance: float = 7.5
 
 
 class Demo:
@@ -58,7 +59,10 @@ class Demo:
             return ModelDefaults()
         samplers = tuple(default.samplers) or ModelDefaults.samplers
         sampler = "euler_a" if "euler_a" in samplers else samplers[0]
-        return ModelDefaults(default.default_width, default.default_height, samplers, sampler)
+        guidance = default.default_guidance_scale or ModelDefaults.guidance
+        return ModelDefaults(
+            default.default_width, default.default_height, samplers, sampler, guidance
+        )
 
     def status_text(self):
         """The status panel, in Markdown: model, device, queue, or why the server is not there."""

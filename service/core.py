@@ -131,7 +131,7 @@ class ServiceCore:
             raise InvalidArgument(f"steps: {steps} is not between 1 and {cfg.max_steps}")
         steps = steps or cfg.default_steps
         if guidance_scale is None:
-            guidance_scale = DEFAULT_GUIDANCE
+            guidance_scale = getattr(pipe, "default_guidance", DEFAULT_GUIDANCE)
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise InvalidArgument(f"guidance_scale: {guidance_scale} is not a finite number >= 0")
         if seed is None or seed == -1:

@@ -140,6 +140,7 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
                     default_width=w,
                     default_height=h,
                     samplers=list(pipe.samplers),
+                    default_guidance_scale=getattr(pipe, "default_guidance", 7.5),
                 )
             )
         return pb.ListModelsResponse(models=models)

@@ -2,8 +2,8 @@
 
 from PIL import Image
 
-from sdcore.cli import OTHER_MODEL_CFG, SHIPPED_MODEL_CFG, main
-from sdcore.pipeline import DEFAULT_MODEL
+from sdcore.cli import main
+from sdcore.pipeline import DEFAULT_MODEL, GUIDANCE, SHIPPED_MODEL_GUIDANCE
 
 
 def _parameters(path):
@@ -15,11 +15,15 @@ def test_generate_guidance_default_follows_the_model(tmp_path, capsys):
     shipped = tmp_path / "shipped.png"
     args = ["generate", "a red circle", "--steps", "2", "--seed", "3", "-o"]
     assert main(args + [str(shipped)]) == 0
-    assert f"CFG scale: {SHIPPED_MODEL_CFG:g}," in _parameters(shipped)
+    assert f"CFG scale: {SHIPPED_MODEL_GUIDANCE:g}," in _parameters(shipped)
 
+    # another model (here the same files under another path, which sdcore cannot tell
+    # from any other checkpoint)
+    folder = tmp_path / "model"
+    folder.symlink_to(DEFAULT_MODEL, target_is_directory=True)
     other = tmp_path / "other.png"
-    assert main(args + [str(other), "--model", DEFAULT_MODEL]) == 0
-    assert f"CFG scale: {OTHER_MODEL_CFG:g}," in _parameters(other)
+    assert main(args + [str(other), "--model", str(folder)]) == 0
+    assert f"CFG scale: {GUIDANCE:g}," in _parameters(other)
 
     given = tmp_path / "given.png"
     assert main(args + [str(given), "--cfg", "3"]) == 0

@@ -303,9 +303,9 @@ def test_latent_previews_have_the_image_shape_and_follow_it():
     )
     preview = pipe.latents_to_rgb(last[-1])
     assert preview.shape == (2, 128, 128, 3) and preview.dtype == np.uint8
-    # fitted on this generation: the preview of its final latents explains the image
-    # far better than its mean colour does
+    # fitted on this generation: block for block (the preview is one colour per latent
+    # pixel), the preview of its final latents explains most of the image's variance
     image = np.stack([np.asarray(i) for i in images]).astype(np.float64)
-    err = np.abs(preview - image).mean()
-    flat = np.abs(image - image.mean(axis=(1, 2), keepdims=True)).mean()
-    assert err < 0.5 * flat
+    blocks = image.reshape(2, 16, 8, 16, 8, 3).mean(axis=(2, 4))
+    residual = ((preview[:, ::8, ::8].astype(np.float64) - blocks) ** 2).mean()
+    assert residual < 0.5 * blocks.var()

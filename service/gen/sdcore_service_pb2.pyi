@@ -161,7 +161,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "device", "is_default", "random_weights", "default_width", "default_height", "samplers")
+    __slots__ = ("name", "device", "is_default", "random_weights", "default_width", "default_height", "samplers", "default_guidance_scale")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class ModelInfo(_message.Message):
     DEFAULT_WIDTH_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     SAMPLERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     name: str
     device: str
     is_default: bool
@@ -176,7 +177,8 @@ class ModelInfo(_message.Message):
     default_width: int
     default_height: int
     samplers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., is_default: _Optional[bool] = ..., random_weights: _Optional[bool] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., samplers: _Optional[_Iterable[str]] = ...) -> None: ...
+    default_guidance_scale: float
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., is_default: _Optional[bool] = ..., random_weights: _Optional[bool] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., samplers: _Optional[_Iterable[str]] = ..., default_guidance_scale: _Optional[float] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
