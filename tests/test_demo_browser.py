@@ -20,12 +20,15 @@ import pytest
 from PIL import Image
 
 import sdcore
+from sdcore.pipeline import SHIPPED_MODEL_GUIDANCE
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"
 PROMPT = "a red circle on a blue background"
 STEPS = 20
 SEED = 1
+# the page starts at the model's default guidance, 5 for the shipped model
+CFG = f"{SHIPPED_MODEL_GUIDANCE:g}"
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(
@@ -118,8 +121,8 @@ def test_generate_in_the_browser(page, demo_url, tmp_path):
     expect(page.locator("#sd-progress")).to_contain_text("Done: 1 image", timeout=10_000)
     expect(page.locator("#sd-progress")).to_contain_text(f"seed used: {SEED}")
     expect(page.locator("#sd-parameters textarea")).to_have_value(
-        f"{PROMPT}\nSteps: {STEPS}, Sampler: Euler a, CFG scale: 7.5, Seed: {SEED}, Size: 128x128, "
-        f"Model: sdcore-shapes, Version: sdcore {sdcore.__version__}"
+        f"{PROMPT}\nSteps: {STEPS}, Sampler: Euler a, CFG scale: {CFG}, Seed: {SEED}, "
+        f"Size: 128x128, Model: sdcore-shapes, Version: sdcore {sdcore.__version__}"
     )
     expect(page.locator("#sd-message")).to_have_text("")
     loaded = page.locator("#sd-gallery img").first.evaluate("img => img.naturalWidth")
@@ -135,7 +138,7 @@ def test_generate_in_the_browser(page, demo_url, tmp_path):
     assert png.format == "PNG" and png.size == (128, 128)
     info = png.text["parameters"]
     assert info.startswith(PROMPT + "\n")
-    for field in (f"Steps: {STEPS}", "Sampler: Euler a", "CFG scale: 7.5", f"Seed: {SEED}"):
+    for field in (f"Steps: {STEPS}", "Sampler: Euler a", f"CFG scale: {CFG}", f"Seed: {SEED}"):
         assert field in info
 
     # the status panel counts the image once it refreshes
