@@ -1,32 +1,50 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: build for its architecture, run the kernel harnesses, the
-# CUDA tests and bench/gpu.py, each under its own time limit, logs under $OUT.
-# Usage: bash bench/gpu_session.sh [harness|tests|bench ...]   (default: all three)
+# One call on a GPU machine: build for its architecture, then run the steps named, each
+# under its own time limit. Logs are gathered into $OUT/session.tar.gz (one file) and the
+# last lines of each are printed.
+# Usage: bash bench/gpu_session.sh [harness|tests|bench|profile ...]   (default: the first three)
+#   TESTS="tests/test_cuda.py ..."  BENCH_ARGS="--no-compile"  PROFILE="sdcore:unet ..."
+#   HARNESS_S, TESTS_S, BENCH_S, PROFILE_S: seconds for each step
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/sdcore-gpu}
-mkdir -p "$out"
+final=${OUT:-/tmp/sdcore-gpu}
+export OUT=/tmp/sdcore-session
+rm -rf "$OUT"
+mkdir -p "$OUT" "$final"
 steps=${*:-harness tests bench}
 export SDCORE_CUDA_ARCH="-gencode=arch=compute_90,code=sm_90"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+stamp build
+bash tools/gpu_build.sh > "$OUT/build.out" 2>&1 || { tail -40 "$OUT/build.out"; exit 1; }
+export SDCORE_BUILT=1
 for step in $steps; do
     case $step in
     harness)
         stamp harnesses
-        timeout ${HARNESS_S:-120} bash tools/gpu_dev.sh > "$out/harness.log" 2>&1
-        echo "harness exit $?" >> "$out/harness.log"
+        timeout ${HARNESS_S:-120} bash tools/gpu_dev.sh > "$OUT/harness.log" 2>&1
+        echo "harness exit $?" >> "$OUT/harness.log"
         ;;
     tests)
         stamp tests
-        timeout ${TESTS_S:-300} bash tools/gpu_check.sh ${TESTS:-tests/test_cuda.py tests/test_cuda_elementwise.py tests/test_cuda_norm.py tests/test_cuda_attention.py tests/test_cuda_models.py} > "$out/tests.log" 2>&1
-        echo "tests exit $?" >> "$out/tests.log"
+        timeout ${TESTS_S:-300} bash tools/gpu_check.sh ${TESTS:-tests/test_cuda.py tests/test_cuda_elementwise.py tests/test_cuda_norm.py tests/test_cuda_attention.py tests/test_cuda_models.py} > "$OUT/tests.log" 2>&1
+        echo "tests exit $?" >> "$OUT/tests.log"
         ;;
     bench)
         stamp bench
-        PYTHONPATH=/tmp/site:/tmp/sdcore timeout ${BENCH_S:-240} python3 bench/gpu.py ${BENCH_ARGS:-} --json "$out/gpu.json" > "$out/bench.log" 2>&1
-        echo "bench exit $?" >> "$out/bench.log"
+        PYTHONPATH=/tmp/sdcore:/tmp/site timeout ${BENCH_S:-240} python3 bench/gpu.py ${BENCH_ARGS:-} --json "$OUT/gpu.json" > "$OUT/bench.log" 2>&1
+        echo "bench exit $?" >> "$OUT/bench.log"
+        ;;
+    profile)
+        stamp profile
+        timeout ${PROFILE_S:-300} bash tools/gpu_profile.sh ${PROFILE:-sdcore:unet sdcore:vae} > "$OUT/profile.log" 2>&1
+        echo "profile exit $?" >> "$OUT/profile.log"
         ;;
     esac
 done
 stamp done
+tar -C "$OUT" -czf "$final/session.tar.gz" .
+for f in "$OUT"/*.log; do
+    echo "== $(basename "$f")"
+    tail -n ${TAIL:-25} "$f"
+done

@@ -6,26 +6,66 @@
 // chunks so the buffer stays bounded (the VAE at 512x512 would need 600 MB at once).
 #include "cuda_common.cuh"
 
-// col (C*KH*KW, pc) for output pixels [p0, p0 + pc) of one image
-template <typename T>
+// col (C*KH*KW, pc) for output pixels [p0, p0 + pc) of image blockIdx.z. One block row
+// (blockIdx.y, plus row0) is one (c, kh, kw) row of col, so its indices are worked out
+// once per thread, not per element; each thread fills V consecutive pixels of that row
+// and stores them as one 16-byte pack when V > 1 (the caller checks pc % V == 0). Reads
+// along a row are consecutive input pixels, so a warp's loads stay coalesced.
+template <typename T, int V>
 __global__ void im2col_kernel(const T *x, T *col, int C, int H, int W, int KH, int KW,
-                              int stride, int pad, int OW, int64_t p0, int64_t pc) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int64_t total = (int64_t)C * KH * KW * pc;
-    if (i >= total)
+                              int stride, int pad, int OW, int p0, int pc, int row0,
+                              int64_t x_image, int64_t col_image) {
+    int row = row0 + blockIdx.y;
+    int p = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (p >= pc)
         return;
-    int64_t p = i % pc, row = i / pc;
-    int kw = (int)(row % KW), kh = (int)(row / KW % KH), c = (int)(row / (KW * KH));
-    int64_t op = p0 + p;
-    int oy = (int)(op / OW), ox = (int)(op % OW);
-    int iy = oy * stride - pad + kh, ix = ox * stride - pad + kw;
-    T v = from_f32<T>(0.0f);
-    if (iy >= 0 && iy < H && ix >= 0 && ix < W)
-        v = x[((int64_t)c * H + iy) * W + ix];
-    col[i] = v;
+    int kw = row % KW, kh = row / KW % KH, c = row / (KW * KH);
+    const T *xc = x + blockIdx.z * x_image + (int64_t)c * H * W;
+    T *dst = col + blockIdx.z * col_image + (int64_t)row * pc;
+    int op = p0 + p;
+    int oy = op / OW, ox = op - oy * OW;
+    cuda_pack<T, V> v;
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        int iy = oy * stride - pad + kh, ix = ox * stride - pad + kw;
+        v.v[k] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xc[iy * W + ix] : from_f32<T>(0.0f);
+        if (++ox == OW) {
+            ox = 0;
+            oy++;
+        }
+    }
+    st_pack<V>(dst, p, v);
 }
 
-static const size_t COLUMN_BUFFER_BYTES = 128u << 20;
+// Fills col for `images` images (x and col `x_image` / `col_image` elements apart).
+template <typename T>
+static sd_status im2col(const T *x, T *col, int64_t images, int64_t C, int64_t H, int64_t W,
+                        int64_t KH, int64_t KW, int stride, int pad, int64_t OW, int64_t p0,
+                        int64_t pc, int64_t x_image, int64_t col_image) {
+    const int threads = 128;
+    int64_t rows = C * KH * KW;
+    bool packed = pc % cuda_pack16<T>() == 0;
+    int v = packed ? cuda_pack16<T>() : 1;
+    for (int64_t r0 = 0; r0 < rows; r0 += 65535) {
+        dim3 grid(cuda_blocks(pc / v, threads), (unsigned)(rows - r0 < 65535 ? rows - r0 : 65535),
+                  (unsigned)images);
+        if (packed)
+            im2col_kernel<T, cuda_pack16<T>()><<<grid, threads, 0, cuda_stream()>>>(
+                x, col, (int)C, (int)H, (int)W, (int)KH, (int)KW, stride, pad, (int)OW, (int)p0,
+                (int)pc, (int)r0, x_image, col_image);
+        else
+            im2col_kernel<T, 1><<<grid, threads, 0, cuda_stream()>>>(
+                x, col, (int)C, (int)H, (int)W, (int)KH, (int)KW, stride, pad, (int)OW, (int)p0,
+                (int)pc, (int)r0, x_image, col_image);
+        SD_TRY(cuda_launched("im2col_kernel"));
+    }
+    return SD_OK;
+}
+
+// The column buffer's bound: larger convolutions are done in chunks of output pixels.
+static const size_t COLUMN_BUFFER_BYTES = 64u << 20;
+// Chunks are a multiple of this many pixels, so every GEMM keeps aligned operands.
+static const int64_t CHUNK_ALIGN = 256;
 
 static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_tensor *w,
                              const sd_tensor *bias, int stride, int padding, sd_tensor *out) {
@@ -61,6 +101,8 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
                          dt, dt, false));
     } else {
         int64_t chunk = (int64_t)(COLUMN_BUFFER_BYTES / (es * (size_t)Kc));
+        if (chunk < P && chunk > CHUNK_ALIGN)
+            chunk -= chunk % CHUNK_ALIGN;
         if (chunk < 1)
             chunk = 1;
         if (chunk >= P) {
@@ -72,16 +114,10 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
             SD_TRY(cuda_scratch(SCRATCH_IM2COL, (size_t)(per * Kc * P) * es, &col));
             for (int64_t b0 = 0; b0 < B; b0 += per) {
                 int64_t nb = B - b0 < per ? B - b0 : per;
-                for (int64_t b = 0; b < nb; b++) {
-                    int64_t total = Kc * P;
-                    CUDA_DISPATCH(dt, T,
-                                  im2col_kernel<T><<<cuda_blocks(total, 256), 256, 0,
-                                                     cuda_stream()>>>(
-                                      (const T *)x->data + (b0 + b) * C * H * W,
-                                      (T *)col + b * Kc * P, (int)C, (int)H, (int)W, (int)KH,
-                                      (int)KW, stride, padding, (int)OW, 0, P));
-                    SD_TRY(cuda_launched("im2col_kernel"));
-                }
+                CUDA_DISPATCH(dt, T,
+                              SD_TRY(im2col((const T *)x->data + b0 * C * H * W, (T *)col, nb, C,
+                                            H, W, KH, KW, stride, padding, OW, 0, P, C * H * W,
+                                            Kc * P)));
                 SD_TRY(cuda_gemm(false, OC, P, Kc, wd, Kc, 0, col, P, Kc * P,
                                  (char *)out->data + (size_t)(b0 * OC * P) * es, P, OC * P, nb,
                                  dt, dt, false));
@@ -92,14 +128,10 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
             for (int64_t b = 0; b < B; b++)
                 for (int64_t p0 = 0; p0 < P; p0 += chunk) {
                     int64_t pc = P - p0 < chunk ? P - p0 : chunk;
-                    int64_t total = Kc * pc;
                     CUDA_DISPATCH(dt, T,
-                                  im2col_kernel<T><<<cuda_blocks(total, 256), 256, 0,
-                                                     cuda_stream()>>>(
-                                      (const T *)x->data + b * C * H * W, (T *)col, (int)C,
-                                      (int)H, (int)W, (int)KH, (int)KW, stride, padding, (int)OW,
-                                      p0, pc));
-                    SD_TRY(cuda_launched("im2col_kernel"));
+                                  SD_TRY(im2col((const T *)x->data + b * C * H * W, (T *)col, 1,
+                                                C, H, W, KH, KW, stride, padding, OW, p0, pc, 0,
+                                                0)));
                     // out_b[:, p0:p0+pc] (row stride P) = w @ col (Kc, pc)
                     SD_TRY(cuda_gemm(false, OC, pc, Kc, wd, Kc, 0, col, pc, 0,
                                      (char *)out->data + (size_t)(b * OC * P + p0) * es, P, 0, 1,

@@ -89,40 +89,75 @@ sd_status cuda_as_dtype(const sd_tensor *w, sd_dtype want, cuda_scratch_slot slo
     return cuda_launched("cast_kernel");
 }
 
-template <typename T, typename B>
-__global__ void add_bias_rows_kernel(T *out, const B *bias, int64_t rows, int64_t n) {
+// Bias adds move V elements per thread (one 16-byte pack when the sizes and the address
+// allow, else V = 1): a pack never straddles a row (rows) or a channel plane (channels),
+// so the bias index is worked out once per pack, not per element.
+template <typename T, typename B, int V>
+__global__ void add_bias_rows_kernel(T *out, const B *bias, int64_t packs, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < rows * n)
-        st_f32(out, i, ld_f32(out, i) + to_f32(bias[i % n]));
+    if (i >= packs)
+        return;
+    int64_t e = i * V;
+    int64_t j = e % n;
+    cuda_pack<T, V> v = ld_pack<V>(out, e);
+#pragma unroll
+    for (int k = 0; k < V; k++)
+        v.v[k] = from_f32<T>(to_f32(v.v[k]) + to_f32(bias[j + k]));
+    st_pack<V>(out, e, v);
+}
+
+template <typename T, typename B, int V>
+__global__ void add_bias_channels_kernel(T *out, const B *bias, int64_t channels, int64_t plane,
+                                         int64_t packs) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= packs)
+        return;
+    int64_t e = i * V;
+    float b = to_f32(bias[(e / plane) % channels]);
+    cuda_pack<T, V> v = ld_pack<V>(out, e);
+#pragma unroll
+    for (int k = 0; k < V; k++)
+        v.v[k] = from_f32<T>(to_f32(v.v[k]) + b);
+    st_pack<V>(out, e, v);
+}
+
+// Elements per pack for a run of `len` elements of dtype `dt` starting at `p`.
+static int bias_pack(sd_dtype dt, const void *p, int64_t len) {
+    int v = 16 / (int)cuda_dtype_size(dt);
+    return ((uintptr_t)p % 16 == 0 && len % v == 0) ? v : 1;
 }
 
 sd_status cuda_add_bias_rows(void *out, sd_dtype dt, const sd_tensor *bias, int64_t rows,
                              int64_t n) {
-    int64_t total = rows * n;
-    CUDA_DISPATCH(dt, T,
-                  CUDA_DISPATCH(bias->dtype, B,
-                                add_bias_rows_kernel<T, B>
-                                <<<cuda_blocks(total, 256), 256, 0, cuda_stream()>>>(
-                                    (T *)out, (const B *)bias->data, rows, n)));
+    int v = bias_pack(dt, out, n);
+    int64_t packs = rows * n / v;
+    CUDA_DISPATCH(dt, T, CUDA_DISPATCH(bias->dtype, B, {
+                      if (v == cuda_pack16<T>())
+                          add_bias_rows_kernel<T, B, cuda_pack16<T>()>
+                              <<<cuda_blocks(packs, 256), 256, 0, cuda_stream()>>>(
+                                  (T *)out, (const B *)bias->data, packs, n);
+                      else
+                          add_bias_rows_kernel<T, B, 1>
+                              <<<cuda_blocks(packs, 256), 256, 0, cuda_stream()>>>(
+                                  (T *)out, (const B *)bias->data, packs, n);
+                  }));
     return cuda_launched("add_bias_rows_kernel");
-}
-
-template <typename T, typename B>
-__global__ void add_bias_channels_kernel(T *out, const B *bias, int64_t channels, int64_t plane,
-                                         int64_t total) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < total)
-        st_f32(out, i, ld_f32(out, i) + to_f32(bias[(i / plane) % channels]));
 }
 
 sd_status cuda_add_bias_channels(void *out, sd_dtype dt, const sd_tensor *bias, int64_t planes,
                                  int64_t channels, int64_t plane) {
-    int64_t total = planes * channels * plane;
-    CUDA_DISPATCH(dt, T,
-                  CUDA_DISPATCH(bias->dtype, B,
-                                add_bias_channels_kernel<T, B>
-                                <<<cuda_blocks(total, 256), 256, 0, cuda_stream()>>>(
-                                    (T *)out, (const B *)bias->data, channels, plane, total)));
+    int v = bias_pack(dt, out, plane);
+    int64_t packs = planes * channels * plane / v;
+    CUDA_DISPATCH(dt, T, CUDA_DISPATCH(bias->dtype, B, {
+                      if (v == cuda_pack16<T>())
+                          add_bias_channels_kernel<T, B, cuda_pack16<T>()>
+                              <<<cuda_blocks(packs, 256), 256, 0, cuda_stream()>>>(
+                                  (T *)out, (const B *)bias->data, channels, plane, packs);
+                      else
+                          add_bias_channels_kernel<T, B, 1>
+                              <<<cuda_blocks(packs, 256), 256, 0, cuda_stream()>>>(
+                                  (T *)out, (const B *)bias->data, channels, plane, packs);
+                  }));
     return cuda_launched("add_bias_channels_kernel");
 }
 

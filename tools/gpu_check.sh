@@ -6,15 +6,8 @@
 set -euo pipefail
 export SDCORE_CUDA=1
 out=${OUT:-/tmp/sdcore-gpu}
-mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-SDCORE_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/sdcore . \
-    2>&1 | tee "$out/build.log" | grep -E "error|sdcore build" || true
-export PYTHONPATH=/tmp/sdcore:$PYTHONPATH
+[ -n "${SDCORE_BUILT:-}" ] || bash tools/gpu_build.sh
+export PYTHONPATH=/tmp/sdcore:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 repo=$(pwd)
 # run from outside the checkout so its sdcore/ (no compiled extension) does not shadow the build
 cd /tmp
