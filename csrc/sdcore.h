@@ -155,7 +155,7 @@ struct sd_backend {
     sd_status (*conv2d)(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
                         const sd_tensor *bias, int stride, int padding, sd_tensor *out);
     /* x (B, C, ...) with C divisible by groups; gamma, beta (C) -> out like x.
-     * With fuse_silu, out = silu(group_norm(x)). */
+     * With fuse_silu, out = silu(group_norm(x)). out may be x itself (in place). */
     sd_status (*group_norm)(const sd_backend *be, const sd_tensor *x, const sd_tensor *gamma,
                             const sd_tensor *beta, int groups, float eps, int fuse_silu,
                             sd_tensor *out);

@@ -356,7 +356,7 @@ __global__ void attention_softmax_rows_kernel(const float *s, T *p, int rows_per
 } // namespace
 
 // Scores of one head for a chunk of queries stay within this (f32 S plus P in T).
-static const size_t SCORES_BYTES = 64u << 20;
+static const size_t SCORES_BYTES = 32u << 20;
 
 // Per head, batched over B, in query chunks: S (qc, Tk) = Q_h K_h^T in f32, P = softmax
 // rows in the activation dtype (in place over S for f32), out_h = P V_h.

@@ -48,14 +48,17 @@ sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
     int mark = sd_arena_mark(arena);
     sd_tensor a, h;
     sd_status s;
-    /* a (B, in, H, W) = silu(norm1(x)) */
-    if ((s = sd_arena_act(arena, &a, 4, B, rb->in_ch, H, W)) ||
-        (s = be->group_norm(be, x, rb->norm1_w, rb->norm1_b, rb->groups, rb->eps, 1, &a)))
+    /* Two full-size temporaries at most: h lives through the block, and one slot after
+     * it holds a, then t, then the shortcut (each dead before the next). */
+    if ((s = sd_arena_act(arena, &h, 4, B, rb->out_ch, H, W)))
         goto done;
-    /* h (B, out, H, W) = conv1(a) */
-    if ((s = sd_arena_act(arena, &h, 4, B, rb->out_ch, H, W)) ||
+    int inner = sd_arena_mark(arena);
+    /* a (B, in, H, W) = silu(norm1(x)); h (B, out, H, W) = conv1(a) */
+    if ((s = sd_arena_act(arena, &a, 4, B, rb->in_ch, H, W)) ||
+        (s = be->group_norm(be, x, rb->norm1_w, rb->norm1_b, rb->groups, rb->eps, 1, &a)) ||
         (s = be->conv2d(be, &a, rb->conv1_w, rb->conv1_b, 1, 1, &h)))
         goto done;
+    sd_arena_release(arena, inner);
     if (rb->temb_ch > 0 && temb_silu) {
         /* t (B, out) = time_emb_proj(silu(temb)), added to every pixel of its channel */
         sd_tensor t;
@@ -63,14 +66,11 @@ sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
             (s = be->linear(be, temb_silu, rb->temb_w, rb->temb_b, &t)) ||
             (s = be->add(be, &h, &t, &h)))
             goto done;
+        sd_arena_release(arena, inner);
     }
-    /* a (B, out, H, W) = silu(norm2(h)); reuse a's slot only if it fits, so take a new one */
-    sd_tensor a2;
-    if ((s = sd_arena_act(arena, &a2, 4, B, rb->out_ch, H, W)) ||
-        (s = be->group_norm(be, &h, rb->norm2_w, rb->norm2_b, rb->groups, rb->eps, 1, &a2)))
-        goto done;
-    /* out = conv2(a2) + shortcut(x) */
-    if ((s = be->conv2d(be, &a2, rb->conv2_w, rb->conv2_b, 1, 1, out)))
+    /* h = silu(norm2(h)), in place; out = conv2(h) + shortcut(x) */
+    if ((s = be->group_norm(be, &h, rb->norm2_w, rb->norm2_b, rb->groups, rb->eps, 1, &h)) ||
+        (s = be->conv2d(be, &h, rb->conv2_w, rb->conv2_b, 1, 1, out)))
         goto done;
     if (rb->short_w) {
         sd_tensor sc;
