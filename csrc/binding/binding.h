@@ -37,6 +37,12 @@ int sd_dtype_from_name(const char *name, const char *what, sd_dtype *out);
 int sd_array_arg(PyObject *obj, const char *op, const char *arg, int allow_f16, int min_ndim,
                  int max_ndim, sd_tensor *out);
 
+/* The lock a model holds while it runs (device.c): its own on the CPU; on a GPU one lock
+ * for every model, since GPU models share the device's activation pool, scratch buffers
+ * and stream. Freed with sd_model_lock_free. NULL when out of memory. */
+PyThread_type_lock sd_model_lock_new(const sd_backend *be);
+void sd_model_lock_free(PyThread_type_lock lock);
+
 /* sdcore._C.Weights (weights.c): the Python face of sd_weights. */
 extern PyObject *sd_weights_type;
 int sd_weights_type_init(PyObject *module);

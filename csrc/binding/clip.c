@@ -42,7 +42,7 @@ static PyObject *clip_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     ClipObject *self = (ClipObject *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    self->lock = PyThread_allocate_lock();
+    self->lock = sd_model_lock_new(be);
     if (!self->lock) {
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -66,8 +66,7 @@ static PyObject *clip_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 static void clip_dealloc(ClipObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     sd_clip_free(self->model);
-    if (self->lock)
-        PyThread_free_lock(self->lock);
+    sd_model_lock_free(self->lock);
     Py_XDECREF(self->weights);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);

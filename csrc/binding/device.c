@@ -217,3 +217,18 @@ PyMethodDef sd_device_methods[] = {
      "narrow(x float32, 'float16'|'bfloat16') -> uint16: round to nearest even"},
     {NULL, NULL, 0, NULL},
 };
+
+static PyThread_type_lock gpu_lock; /* made on first use, with the GIL held; never freed */
+
+PyThread_type_lock sd_model_lock_new(const sd_backend *be) {
+    if (be->device == SD_CPU)
+        return PyThread_allocate_lock();
+    if (!gpu_lock)
+        gpu_lock = PyThread_allocate_lock();
+    return gpu_lock;
+}
+
+void sd_model_lock_free(PyThread_type_lock lock) {
+    if (lock && lock != gpu_lock)
+        PyThread_free_lock(lock);
+}

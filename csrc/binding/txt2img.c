@@ -141,9 +141,11 @@ static PyObject *py_txt2img(PyObject *self, PyObject *args, PyObject *kw) {
     sd_status s;
     Py_BEGIN_ALLOW_THREADS;
     PyThread_acquire_lock(unet_lock, WAIT_LOCK);
-    PyThread_acquire_lock(vae_lock, WAIT_LOCK);
+    if (vae_lock != unet_lock) /* GPU models share one lock */
+        PyThread_acquire_lock(vae_lock, WAIT_LOCK);
     s = sd_txt2img(unet, vae, be, &p, pixels);
-    PyThread_release_lock(vae_lock);
+    if (vae_lock != unet_lock)
+        PyThread_release_lock(vae_lock);
     PyThread_release_lock(unet_lock);
     Py_END_ALLOW_THREADS;
     if (ctx.exc_type) {

@@ -388,7 +388,7 @@ static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     self->be = be;
     self->weights = Py_NewRef(weights_obj);
     self->config = PyDict_Copy(config);
-    self->lock = PyThread_allocate_lock();
+    self->lock = sd_model_lock_new(be);
     if (!self->config || !self->lock) {
         if (!PyErr_Occurred())
             PyErr_NoMemory();
@@ -411,8 +411,7 @@ static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 static void unet_dealloc(UNetObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     sd_unet_free(self->model);
-    if (self->lock)
-        PyThread_free_lock(self->lock);
+    sd_model_lock_free(self->lock);
     Py_XDECREF(self->weights);
     Py_XDECREF(self->config);
     tp->tp_free((PyObject *)self);

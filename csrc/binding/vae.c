@@ -70,7 +70,7 @@ static PyObject *vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     VAEObject *self = (VAEObject *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    self->lock = PyThread_allocate_lock();
+    self->lock = sd_model_lock_new(be);
     if (!self->lock) {
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -94,8 +94,7 @@ static PyObject *vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 static void vae_dealloc(VAEObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     sd_vae_free(self->model);
-    if (self->lock)
-        PyThread_free_lock(self->lock);
+    sd_model_lock_free(self->lock);
     Py_XDECREF(self->weights);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);

@@ -8,7 +8,13 @@
  *
  * Temporaries follow stack discipline: take a mark, request tensors, release to the
  * mark when they are dead; later requests reuse those slots, so peak memory is the
- * deepest stack, not the sum of all temporaries. */
+ * deepest stack, not the sum of all temporaries.
+ *
+ * The slots themselves live in a pool. On the CPU each arena has its own. On a GPU
+ * every model's arena shares the device's one pool: the text encoder, the UNet and the
+ * VAE run one after another, so device memory holds the largest model's activations,
+ * not the sum of all three. The caller makes sure that models sharing a pool never run
+ * at the same time (the Python binding takes one lock for every GPU model). */
 #ifndef SDCORE_ARENA_H
 #define SDCORE_ARENA_H
 
@@ -21,18 +27,27 @@ typedef struct {
 
 typedef struct {
     const sd_backend *be;
-    sd_dtype dtype; /* of the activations sd_arena_act gives: f32 unless the model says */
     sd_arena_slot *slots;
     int count, cap;
-    int next; /* the slot the next request takes */
+    int users; /* arenas attached */
     /* bumped whenever a slot is (re)allocated: addresses recorded before are stale */
     uint64_t epoch;
+} sd_arena_pool;
+
+typedef struct {
+    const sd_backend *be;
+    sd_dtype dtype; /* of the activations sd_arena_act gives: f32 unless the model says */
+    sd_arena_pool *pool; /* &own, or the device's shared pool */
+    sd_arena_pool own;
+    int next; /* the slot the next request takes */
 } sd_arena;
 
+/* Attaches the arena to its pool; the arena must not move in memory afterwards. */
 void sd_arena_init(sd_arena *a, const sd_backend *be);
 /* The dtype of later activations: f32 anywhere; f16 or bf16 only on a GPU backend (the
  * CPU ops compute in f32). `model` names the caller in the error. */
 sd_status sd_arena_set_dtype(sd_arena *a, sd_dtype dtype, const char *model);
+/* Detaches the arena; a pool's buffers are freed when its last arena goes. */
 void sd_arena_free(sd_arena *a);
 /* Start a new run: the next request takes slot 0 again. */
 void sd_arena_reset(sd_arena *a);
@@ -44,7 +59,10 @@ sd_status sd_arena_act(sd_arena *a, sd_tensor *t, int ndim, int64_t d0, int64_t 
                        int64_t d3);
 static inline int sd_arena_mark(const sd_arena *a) { return a->next; }
 static inline void sd_arena_release(sd_arena *a, int mark) { a->next = mark; }
-/* Total bytes held (for memory reports). */
+/* Total bytes held by the arena's pool (for memory reports). */
 size_t sd_arena_bytes(const sd_arena *a);
+/* Changes whenever any slot of the pool moves: graphs recorded under another epoch are
+ * stale. */
+static inline uint64_t sd_arena_epoch(const sd_arena *a) { return a->pool->epoch; }
 
 #endif

@@ -613,12 +613,12 @@ static sd_status graph_entry(sd_unet *m, const sd_tensor *sample, const sd_tenso
 /* Record the step into g (inputs already in its buffers, timesteps in slot 0). */
 static sd_status graph_record(sd_unet *m, unet_graph *g, const sd_tensor *t) {
     const sd_backend *be = m->be;
-    uint64_t epoch = m->arena.epoch;
+    uint64_t epoch = sd_arena_epoch(&m->arena);
     SD_TRY(be->graph_begin(be));
     sd_status s = forward_body(m, &g->sample, t, &g->context, &g->out);
     void *graph = NULL;
     sd_status e = be->graph_end(be, &graph);
-    if (s == SD_OK && e == SD_OK && m->arena.epoch != epoch)
+    if (s == SD_OK && e == SD_OK && sd_arena_epoch(&m->arena) != epoch)
         s = sd_fail(SD_ERR_INVALID, "unet: the step allocated while being recorded");
     if (s != SD_OK || e != SD_OK) {
         if (graph)
@@ -626,7 +626,7 @@ static sd_status graph_record(sd_unet *m, unet_graph *g, const sd_tensor *t) {
         return s != SD_OK ? s : e;
     }
     g->graph = graph;
-    g->arena_epoch = m->arena.epoch;
+    g->arena_epoch = sd_arena_epoch(&m->arena);
     return SD_OK;
 }
 
@@ -643,17 +643,17 @@ sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *time
         SD_TRY(timesteps_upload(m, timesteps, B, &t));
         return forward_body(m, sample, &t, context, out);
     }
-    if (g->graph && (g->arena_epoch != m->arena.epoch || !be->graph_valid(be, g->graph)))
+    if (g->graph && (g->arena_epoch != sd_arena_epoch(&m->arena) || !be->graph_valid(be, g->graph)))
         graph_drop(m, g); /* buffers moved since it was recorded */
     SD_TRY(timesteps_upload(m, timesteps, B, &t));
     SD_TRY(be->copy(be, &g->sample, sample));
     SD_TRY(be->copy(be, &g->context, context));
     if (!g->graph) {
-        if (g->planned_epoch != m->arena.epoch || m->arena.epoch == 0) {
+        if (g->planned_epoch != sd_arena_epoch(&m->arena) || sd_arena_epoch(&m->arena) == 0) {
             /* run directly: plans the arena (and the backend's workspaces) for these
              * shapes; the next step finds them in place and records */
             SD_TRY(forward_body(m, &g->sample, &t, &g->context, &g->out));
-            g->planned_epoch = m->arena.epoch;
+            g->planned_epoch = sd_arena_epoch(&m->arena);
             return be->copy(be, out, &g->out);
         }
         SD_TRY(graph_record(m, g, &t));
