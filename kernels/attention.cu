@@ -50,6 +50,22 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
+// 2^x of two values at once, in the element type: one MUFU op for two exponentials, and
+// the result is already the packed P fragment the P V product takes.
+template <typename T> __device__ __forceinline__ uint32_t exp2_pair(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t exp2_pair<__half>(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t x = *reinterpret_cast<uint32_t *>(&h), y;
+    asm("ex2.approx.f16x2 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+template <> __device__ __forceinline__ uint32_t exp2_pair<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    uint32_t x = *reinterpret_cast<uint32_t *>(&h), y;
+    asm("ex2.approx.ftz.bf16x2 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+
 // 16 bytes global -> shared, bypassing L1; src_bytes 0 writes zeros instead of reading.
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
     uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
@@ -80,10 +96,11 @@ template <int DP> struct flash_layout {
 
 // rows x DP tile of a (T, H*D) operand into shared memory: rows past `valid_rows` and
 // columns past D are zero-filled, which is the padding of D up to DP (D % 8 == 0).
+// With data_only, the chunks past D are left alone (filled once by flash_fill_padding).
 template <typename T, int ROWS, int DP>
 __device__ __forceinline__ void flash_load_tile(T *smem, const T *g, int64_t ld, int valid_rows,
-                                                int D) {
-    constexpr int chunks = DP / 8; // 16-byte chunks a row
+                                                int D, bool data_only = false) {
+    const int chunks = data_only ? D / 8 : DP / 8; // 16-byte chunks a row
     for (int i = threadIdx.x; i < ROWS * chunks; i += FLASH_WARPS * 32) {
         int r = i / chunks, c = i % chunks;
         bool ok = r < valid_rows && c * 8 < D;
@@ -92,11 +109,29 @@ __device__ __forceinline__ void flash_load_tile(T *smem, const T *g, int64_t ld,
     }
 }
 
+// The padding columns D .. DP - 1 of every row of `rows` rows: zero, but for column D,
+// which is `first` (1 in V: P V then carries each row's sum of P in output column D).
+template <typename T, int DP>
+__device__ __forceinline__ void flash_fill_padding(T *smem, int rows, int D, float first) {
+    const int width = DP - D;
+    for (int i = threadIdx.x; i < rows * width; i += FLASH_WARPS * 32) {
+        int r = i / width, c = i % width;
+        smem[r * flash_layout<DP>::row + D + c] = from_f32<T>(c == 0 ? first : 0.0f);
+    }
+}
+
 // One CTA: FLASH_BQ queries of one (b, h) against all keys, KB keys at a time.
 // grid (ceil(Tq / FLASH_BQ), B * H), FLASH_WARPS * 32 threads; each warp owns 16 rows.
 // Fragment naming follows the PTX manual: g = lane / 4 picks the row (and g + 8),
 // t = lane % 4 the column pair 2t, 2t + 1.
-template <typename T, int DP, int KB>
+//
+// SUM_IN_V (D < DP, i.e. D % 16 == 8, SD 1.5's 40): the padding column D of V is all
+// ones, so the P V product accumulates each row's softmax denominator in output column D,
+// rescaled with the rest, and the exponentials are taken two at a time in the element
+// type (they are rounded to it for P V anyway). Per score that leaves one FFMA, one max,
+// half a conversion and half an exponential on the ALUs; for small heads those, not the
+// tensor cores, set the pace. Otherwise P is exponentiated in f32 and summed by thread.
+template <typename T, int DP, int KB, bool SUM_IN_V>
 __global__ void __launch_bounds__(FLASH_WARPS * 32)
     attention_flash_kernel(const T *q, const T *k, const T *v, T *out, int Tq, int Tk, int H,
                            int D, float scale_log2, int causal) {
@@ -120,9 +155,15 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
     const int keys = causal ? min(Tk, q0 + FLASH_BQ) : Tk;
     const int tiles = (keys + KB - 1) / KB;
 
+    if (SUM_IN_V) {
+        // K's padding is zero (0 * Q's zero padding stays 0); V's carries the ones column.
+        // Plain stores, never touched by the cp.async loads below (data_only).
+        flash_fill_padding<T, DP>(k_s, 2 * KB, D, 0.0f);
+        flash_fill_padding<T, DP>(v_s, 2 * KB, D, 1.0f);
+    }
     flash_load_tile<T, FLASH_BQ, DP>(q_s, qg, ld, min(FLASH_BQ, Tq - q0), D);
-    flash_load_tile<T, KB, DP>(k_s, kg, ld, min(KB, Tk), D);
-    flash_load_tile<T, KB, DP>(v_s, vg, ld, min(KB, Tk), D);
+    flash_load_tile<T, KB, DP>(k_s, kg, ld, min(KB, Tk), D, SUM_IN_V);
+    flash_load_tile<T, KB, DP>(v_s, vg, ld, min(KB, Tk), D, SUM_IN_V);
     cp_async_commit();
 
     uint32_t q_frag[DP / 16][4];
@@ -130,8 +171,8 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
 #pragma unroll
     for (int n = 0; n < DP / 8; n++)
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    // per thread: rows g and g + 8 of the warp's 16; the sums are partial over the
-    // thread's columns and reduced across the quad once at the end
+    // per thread: rows g and g + 8 of the warp's 16, maxima in raw score units; the sums
+    // (without SUM_IN_V) are partial over the thread's columns, reduced at the end
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
     const int row0 = q0 + warp * 16 + g; // query index of the thread's first row
 
@@ -141,9 +182,9 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
             // the buffer being filled was last read in iteration j - 1, before its barrier
             int next = k0 + KB;
             flash_load_tile<T, KB, DP>(k_s + (cur ^ 1) * KB * RS, kg + next * ld, ld,
-                                       min(KB, Tk - next), D);
+                                       min(KB, Tk - next), D, SUM_IN_V);
             flash_load_tile<T, KB, DP>(v_s + (cur ^ 1) * KB * RS, vg + next * ld, ld,
-                                       min(KB, Tk - next), D);
+                                       min(KB, Tk - next), D, SUM_IN_V);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -177,23 +218,23 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
             }
         }
 
-        // scale to log2 units and mask keys past Tk and, causal, past the query
+        // mask keys past Tk and, causal, past the query; the tile's row maxima
         const bool edge = k0 + KB > Tk || (causal && k0 + KB - 1 > q0 + warp * 16);
         float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < KB / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float x = s[n][e] * scale_log2;
                 if (edge) {
                     int key = k0 + n * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
                     if (key >= Tk || (causal && key > row))
-                        x = -INFINITY;
+                        s[n][e] = -INFINITY;
                 }
-                s[n][e] = x;
-                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
+                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
             }
-        // online softmax: rescale what was summed under the old max
+        // online softmax: p = 2^(s * scale_log2 - m * scale_log2), one FFMA a score;
+        // what was accumulated under the old maximum is rescaled by alpha
+        uint32_t p[KB / 8][2]; // SUM_IN_V: P packed in T, rows g and g + 8
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             float m = tile_max[r];
@@ -201,8 +242,8 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
             m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
             float m_new = fmaxf(row_max[r], m);
             // a row with no key yet keeps -inf: subtract 0 so exp2 gives 0, not NaN
-            float m_use = m_new == -INFINITY ? 0.0f : m_new;
-            float alpha = fast_exp2(row_max[r] - m_use);
+            float m_use = m_new == -INFINITY ? 0.0f : m_new * scale_log2;
+            float alpha = fast_exp2(row_max[r] * scale_log2 - m_use);
             row_max[r] = m_new;
             row_sum[r] *= alpha;
 #pragma unroll
@@ -212,22 +253,23 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
             }
 #pragma unroll
             for (int n = 0; n < KB / 8; n++) {
-                float p0 = fast_exp2(s[n][2 * r] - m_use);
-                float p1 = fast_exp2(s[n][2 * r + 1] - m_use);
-                s[n][2 * r] = p0;
-                s[n][2 * r + 1] = p1;
-                row_sum[r] += p0 + p1;
+                float x0 = fmaf(s[n][2 * r], scale_log2, -m_use);
+                float x1 = fmaf(s[n][2 * r + 1], scale_log2, -m_use);
+                if (SUM_IN_V) {
+                    p[n][r] = exp2_pair<T>(x0, x1);
+                } else {
+                    float p0 = fast_exp2(x0), p1 = fast_exp2(x1);
+                    p[n][r] = mma_t::pack(p0, p1);
+                    row_sum[r] += p0 + p1;
+                }
             }
         }
 
-        // O (16, DP) += P (16, KB) V (KB, DP): the S accumulators of two adjacent key
-        // tiles are the A fragment of one k16 step; V comes in by transposing ldmatrix
+        // O (16, DP) += P (16, KB) V (KB, DP): the P fragments of two adjacent key tiles
+        // are the A fragment of one k16 step; V comes in by transposing ldmatrix
 #pragma unroll
         for (int kk = 0; kk < KB / 16; kk++) {
-            uint32_t a[4] = {mma_t::pack(s[2 * kk][0], s[2 * kk][1]),
-                             mma_t::pack(s[2 * kk][2], s[2 * kk][3]),
-                             mma_t::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             mma_t::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t a[4] = {p[2 * kk][0], p[2 * kk][1], p[2 * kk + 1][0], p[2 * kk + 1][1]};
             const T *vr = vt + (kk * 16 + (lane & 15)) * RS + (lane >> 4) * 8;
 #pragma unroll
             for (int dn = 0; dn < DP / 16; dn++) {
@@ -242,9 +284,20 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
 
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        float l = row_sum[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        float l;
+        if (SUM_IN_V) {
+            // column D is n = D / 8, pair element 0, held by the quad's thread t == 0
+            float mine = 0.0f;
+#pragma unroll
+            for (int n = 0; n < DP / 8; n++)
+                if (n == D / 8)
+                    mine = o[n][2 * r];
+            l = __shfl_sync(0xffffffffu, mine, lane & ~3);
+        } else {
+            l = row_sum[r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+        }
         int row = row0 + r * 8;
         if (row >= Tq)
             continue;
@@ -260,15 +313,15 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
     }
 }
 
-template <typename T, int DP, int KB>
-static sd_status launch_flash_dp(const T *q, const T *k, const T *v, T *out, int B, int Tq,
-                                 int Tk, int H, int D, int causal) {
+template <typename T, int DP, int KB, bool SUM_IN_V>
+static sd_status launch_flash_kernel(const T *q, const T *k, const T *v, T *out, int B, int Tq,
+                                     int Tk, int H, int D, int causal) {
     size_t smem = (size_t)(FLASH_BQ + 4 * KB) * flash_layout<DP>::row * sizeof(T);
     // Above 48 KiB of shared memory a kernel must opt in. A function attribute, not stream
     // work: set once, on the first (warm-up) call, it leaves graph capture alone.
     static bool opted_in = false;
     if (!opted_in) {
-        SD_TRY(cuda_check(cudaFuncSetAttribute(attention_flash_kernel<T, DP, KB>,
+        SD_TRY(cuda_check(cudaFuncSetAttribute(attention_flash_kernel<T, DP, KB, SUM_IN_V>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                (int)smem),
                           "cudaFuncSetAttribute (attention_flash_kernel)"));
@@ -276,9 +329,19 @@ static sd_status launch_flash_dp(const T *q, const T *k, const T *v, T *out, int
     }
     dim3 grid((unsigned)((Tq + FLASH_BQ - 1) / FLASH_BQ), (unsigned)(B * H));
     float scale_log2 = 1.4426950408889634f / sqrtf((float)D); // log2(e) / sqrt(D)
-    attention_flash_kernel<T, DP, KB><<<grid, FLASH_WARPS * 32, smem, cuda_stream()>>>(
-        q, k, v, out, Tq, Tk, H, D, scale_log2, causal);
+    attention_flash_kernel<T, DP, KB, SUM_IN_V>
+        <<<grid, FLASH_WARPS * 32, smem, cuda_stream()>>>(q, k, v, out, Tq, Tk, H, D,
+                                                         scale_log2, causal);
     return cuda_launched("attention_flash_kernel");
+}
+
+// The padding of D up to DP, when there is any, carries the softmax sums.
+template <typename T, int DP, int KB>
+static sd_status launch_flash_dp(const T *q, const T *k, const T *v, T *out, int B, int Tq,
+                                 int Tk, int H, int D, int causal) {
+    if (D < DP)
+        return launch_flash_kernel<T, DP, KB, true>(q, k, v, out, B, Tq, Tk, H, D, causal);
+    return launch_flash_kernel<T, DP, KB, false>(q, k, v, out, B, Tq, Tk, H, D, causal);
 }
 
 // D is padded up to the next multiple of 16 (128 for 112). 64-key tiles up to DP 80;

@@ -37,12 +37,66 @@ __global__ void im2col_kernel(const T *x, T *col, int C, int H, int W, int KH, i
     st_pack<V>(dst, p, v);
 }
 
+// The common case, 3x3 with stride 1 and padding 1 on rows of whole packs (W % V == 0):
+// one block row per input channel c; each thread reads its V pixels and their two
+// neighbours from each of three input rows once and writes all nine (kh, kw) rows of
+// col for them, the kw shifts taken from registers. A third of the loads and index
+// math of the general kernel per element stored.
+template <typename T>
+__global__ void im2col3x3_kernel(const T *x, T *col, int H, int W, int p0, int pc,
+                                 int64_t x_image, int64_t col_image) {
+    constexpr int V = cuda_pack16<T>();
+    int c = blockIdx.y;
+    int p = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (p >= pc)
+        return;
+    const T *xc = x + blockIdx.z * x_image + (int64_t)c * H * W;
+    T *dst = col + blockIdx.z * col_image + (int64_t)c * 9 * pc + p;
+    int op = p0 + p; // a multiple of V, so all V pixels are in output row oy
+    int oy = op / W, ox = op - oy * W;
+    const T zero = from_f32<T>(0.0f);
+#pragma unroll
+    for (int kh = 0; kh < 3; kh++) {
+        int iy = oy + kh - 1;
+        T win[V + 2]; // input pixels ox - 1 .. ox + V of row iy
+        if (iy < 0 || iy >= H) {
+#pragma unroll
+            for (int i = 0; i < V + 2; i++)
+                win[i] = zero;
+        } else {
+            const T *r = xc + (int64_t)iy * W + ox;
+            cuda_pack<T, V> mid = ld_pack<V>(r, 0);
+            win[0] = ox > 0 ? r[-1] : zero;
+            win[V + 1] = ox + V < W ? r[V] : zero;
+#pragma unroll
+            for (int i = 0; i < V; i++)
+                win[i + 1] = mid.v[i];
+        }
+#pragma unroll
+        for (int kw = 0; kw < 3; kw++) {
+            cuda_pack<T, V> o;
+#pragma unroll
+            for (int i = 0; i < V; i++)
+                o.v[i] = win[i + kw];
+            st_pack<V>(dst + (int64_t)(kh * 3 + kw) * pc, 0, o);
+        }
+    }
+}
+
 // Fills col for `images` images (x and col `x_image` / `col_image` elements apart).
 template <typename T>
 static sd_status im2col(const T *x, T *col, int64_t images, int64_t C, int64_t H, int64_t W,
                         int64_t KH, int64_t KW, int stride, int pad, int64_t OW, int64_t p0,
                         int64_t pc, int64_t x_image, int64_t col_image) {
     const int threads = 128;
+    constexpr int V = cuda_pack16<T>();
+    if (KH == 3 && KW == 3 && stride == 1 && pad == 1 && W % V == 0 && p0 % V == 0 &&
+        pc % V == 0 && C <= 65535 && (uintptr_t)x % 16 == 0 && (uintptr_t)col % 16 == 0) {
+        dim3 grid(cuda_blocks(pc / V, threads), (unsigned)C, (unsigned)images);
+        im2col3x3_kernel<T><<<grid, threads, 0, cuda_stream()>>>(x, col, (int)H, (int)W, (int)p0,
+                                                                (int)pc, x_image, col_image);
+        return cuda_launched("im2col3x3_kernel");
+    }
     int64_t rows = C * KH * KW;
     bool packed = pc % cuda_pack16<T>() == 0;
     int v = packed ? cuda_pack16<T>() : 1;

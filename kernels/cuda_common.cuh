@@ -175,7 +175,7 @@ template <typename T, int N> struct alignas(sizeof(T) * N) cuda_pack {
 };
 
 // Elements of T in one 16-byte pack: 4 for f32, 8 for f16 and bf16.
-template <typename T> constexpr int cuda_pack16() { return 16 / (int)sizeof(T); }
+template <typename T> __host__ __device__ constexpr int cuda_pack16() { return 16 / (int)sizeof(T); }
 
 template <int N, typename T> __device__ __forceinline__ cuda_pack<T, N> ld_pack(const T *p,
                                                                                 int64_t i) {

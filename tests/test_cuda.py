@@ -99,6 +99,9 @@ def test_matmul_matches_cpu(rng, dtype):
         (2, 320, 320, 64, 64, 3, 2, 1),  # downsampler
         (2, 640, 320, 32, 32, 1, 1, 0),  # resnet shortcut
         (1, 128, 128, 256, 256, 3, 1, 1),  # VAE decoder at 256x256: chunked columns
+        (2, 1280, 1280, 8, 8, 3, 1, 1),  # the deepest level
+        (1, 8, 8, 10, 24, 3, 1, 1),  # 3x3 kernel with rows of whole 16-byte packs
+        (1, 8, 8, 12, 20, 3, 1, 1),  # 3x3 with rows that are not (general kernel in f16)
         (1, 3, 5, 9, 7, 3, 2, 0),  # odd sizes, no padding
         (1, 8, 6, 5, 5, 1, 2, 0),  # 1x1 with stride
     ],
