@@ -59,7 +59,8 @@ def site_dirs():
 
 
 def find_cublas(nvcc):
-    """(include_dir, lib_dir, lib_file) of cuBLAS: the toolkit's, else the PyPI wheel's."""
+    """(include_dir, lib_dir, lib_file, lt_lib_file) of cuBLAS and cuBLASLt (which ship
+    together): the toolkit's, else the PyPI wheel's."""
     candidates = []
     cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
     for home in (cuda_home, "/usr/local/cuda"):
@@ -71,9 +72,10 @@ def find_cublas(nvcc):
     for inc, lib in candidates:
         if not os.path.exists(os.path.join(inc, "cublas_v2.h")):
             continue
-        for name in ("libcublas.so", "libcublas.so.13"):
-            if os.path.exists(os.path.join(lib, name)):
-                return inc, lib, name
+        names = [n for n in ("libcublas.so", "libcublas.so.13") if os.path.exists(f"{lib}/{n}")]
+        lt = [n for n in ("libcublasLt.so", "libcublasLt.so.13") if os.path.exists(f"{lib}/{n}")]
+        if names and lt and os.path.exists(os.path.join(inc, "cublasLt.h")):
+            return inc, lib, names[0], lt[0]
     return None
 
 
@@ -110,7 +112,7 @@ class BuildExt(build_ext):
 
     def build_cuda_library(self):
         nvcc = self.cuda["nvcc"]
-        inc, libdir, libname = self.cuda["cublas"]
+        inc, libdir, libname, ltname = self.cuda["cublas"]
         out_dir = os.path.dirname(self.get_ext_fullpath("sdcore._C"))
         obj_dir = os.path.join(self.build_temp, "cuda")
         os.makedirs(obj_dir, exist_ok=True)
@@ -144,6 +146,7 @@ class BuildExt(build_ext):
         # was at build time (a system toolkit); the CUDA runtime is linked statically.
         rpaths = ["$ORIGIN/../nvidia/cu13/lib", libdir, "/usr/local/cuda/lib64"]
         link = [nvcc, "-shared", *arch, "-o", target, *objects, f"-L{libdir}", f"-l:{libname}"]
+        link += [f"-l:{ltname}"]
         link += ["-cudart", "static"]
         for r in rpaths:
             link += ["-Xlinker", f"-rpath={r}"]

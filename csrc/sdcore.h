@@ -147,6 +147,11 @@ struct sd_backend {
     /* x (..., K), w (N, K), bias (N) or NULL -> out (..., N) */
     sd_status (*linear)(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
                         const sd_tensor *bias, sd_tensor *out);
+    /* linear plus a residual: out = linear(x, w, bias) + res, res shaped like out (res may
+     * be out itself: out += linear(x)). One GEMM with the bias and the residual in its
+     * epilogue where the backend can. */
+    sd_status (*linear_add)(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
+                            const sd_tensor *bias, const sd_tensor *res, sd_tensor *out);
     /* a (M, K) @ b (K, N) -> out (M, N); with trans_b, b is (N, K) */
     sd_status (*matmul)(const sd_backend *be, const sd_tensor *a, const sd_tensor *b,
                         int trans_b, sd_tensor *out);
@@ -154,6 +159,12 @@ struct sd_backend {
      *   -> out (B, OC, (H + 2p - KH) / s + 1, (W + 2p - KW) / s + 1) */
     sd_status (*conv2d)(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
                         const sd_tensor *bias, int stride, int padding, sd_tensor *out);
+    /* conv2d plus a residual: out = conv2d(x, w, bias) + res, res (B, OC, OH, OW) or
+     * (B, OC, 1, 1) (one value per image and channel); res may be out (out += conv). The GPU
+     * writes res + bias first and lets the GEMM add the product onto it. */
+    sd_status (*conv2d_add)(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
+                            const sd_tensor *bias, int stride, int padding, const sd_tensor *res,
+                            sd_tensor *out);
     /* x (B, C, ...) with C divisible by groups; gamma, beta (C) -> out like x.
      * With fuse_silu, out = silu(group_norm(x)). out may be x itself (in place). */
     sd_status (*group_norm)(const sd_backend *be, const sd_tensor *x, const sd_tensor *gamma,

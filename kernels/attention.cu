@@ -60,10 +60,15 @@ template <> __device__ __forceinline__ uint32_t exp2_pair<__half>(float lo, floa
     return y;
 }
 template <> __device__ __forceinline__ uint32_t exp2_pair<__nv_bfloat16>(float lo, float hi) {
+#if __CUDA_ARCH__ >= 900
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     uint32_t x = *reinterpret_cast<uint32_t *>(&h), y;
     asm("ex2.approx.ftz.bf16x2 %0, %1;" : "=r"(y) : "r"(x));
     return y;
+#else // no packed bf16 exponential before sm_90
+    __nv_bfloat162 h = __floats2bfloat162_rn(fast_exp2(lo), fast_exp2(hi));
+    return *reinterpret_cast<uint32_t *>(&h);
+#endif
 }
 
 // 16 bytes global -> shared, bypassing L1; src_bytes 0 writes zeros instead of reading.

@@ -121,8 +121,60 @@ static const size_t COLUMN_BUFFER_BYTES = 64u << 20;
 // Chunks are a multiple of this many pixels, so every GEMM keeps aligned operands.
 static const int64_t CHUNK_ALIGN = 256;
 
-static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_tensor *w,
-                             const sd_tensor *bias, int stride, int padding, sd_tensor *out) {
+// out (planes = B * OC, P) = res + bias[c], res (planes, P) or (planes, 1) broadcast over
+// the plane; V elements a thread (V divides P when V > 1). The GEMMs then add the
+// convolution on top (beta = 1): bias, residual and product in one pass over out.
+template <typename T, typename B, int V>
+__global__ void conv_prefill_kernel(T *out, const T *res, const B *bias, int64_t channels,
+                                    int64_t P, bool res_full, int64_t packs) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= packs)
+        return;
+    int64_t e = i * V, plane = e / P;
+    float b = bias ? to_f32(bias[plane % channels]) : 0.0f;
+    cuda_pack<T, V> v;
+    if (res_full) {
+        v = ld_pack<V>(res, e);
+#pragma unroll
+        for (int k = 0; k < V; k++)
+            v.v[k] = from_f32<T>(to_f32(v.v[k]) + b);
+    } else {
+        T r = from_f32<T>(to_f32(res[plane]) + b);
+#pragma unroll
+        for (int k = 0; k < V; k++)
+            v.v[k] = r;
+    }
+    st_pack<V>(out, e, v);
+}
+
+static sd_status conv_prefill(void *out, const sd_tensor *res, const sd_tensor *bias,
+                              sd_dtype dt, int64_t planes, int64_t channels, int64_t P) {
+    bool full = res->shape[2] * res->shape[3] == P;
+    int v = 16 / (int)cuda_dtype_size(dt);
+    if (P % v != 0 || (uintptr_t)out % 16 != 0 || (full && (uintptr_t)res->data % 16 != 0))
+        v = 1;
+    int64_t packs = planes * P / v;
+    sd_dtype bdt = bias ? bias->dtype : dt;
+    const void *bd = bias ? bias->data : nullptr;
+    CUDA_DISPATCH(dt, T, CUDA_DISPATCH(bdt, Bt, {
+                      if (v > 1)
+                          conv_prefill_kernel<T, Bt, cuda_pack16<T>()>
+                              <<<cuda_blocks(packs, 256), 256, 0, cuda_stream()>>>(
+                                  (T *)out, (const T *)res->data, (const Bt *)bd, channels, P,
+                                  full, packs);
+                      else
+                          conv_prefill_kernel<T, Bt, 1>
+                              <<<cuda_blocks(packs, 256), 256, 0, cuda_stream()>>>(
+                                  (T *)out, (const T *)res->data, (const Bt *)bd, channels, P,
+                                  full, packs);
+                  }));
+    return cuda_launched("conv_prefill_kernel");
+}
+
+// out = conv2d(x, w) + bias [+ res]: res (B, OC, OH, OW), or (B, OC, 1, 1) added to
+// every pixel of its channel; res may be out itself (the prefill is elementwise).
+static sd_status conv2d_run(const sd_tensor *x, const sd_tensor *w, const sd_tensor *bias,
+                            int stride, int padding, const sd_tensor *res, sd_tensor *out) {
     SD_TRY(cuda_need_ndim(x, 4, "conv2d", "x"));
     SD_TRY(cuda_need_ndim(w, 4, "conv2d", "weight"));
     SD_TRY(cuda_need_ndim(out, 4, "conv2d", "out"));
@@ -144,6 +196,20 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
                             (long long)B, (long long)OC, (long long)OH, (long long)OW);
     if (bias)
         SD_TRY(cuda_need_vector(bias, OC, "conv2d", "bias"));
+    bool acc = res != nullptr;
+    if (res) {
+        SD_TRY(cuda_need_ndim(res, 4, "conv2d_add", "res"));
+        SD_TRY(cuda_need_dtype(x, res, "conv2d_add", "res"));
+        bool per_channel = res->shape[2] == 1 && res->shape[3] == 1;
+        if (res->shape[0] != B || res->shape[1] != OC ||
+            !(per_channel || (res->shape[2] == OH && res->shape[3] == OW)))
+            return g_host->fail(SD_ERR_INVALID,
+                                "conv2d_add: argument 'res' must have shape (%lld, %lld, %lld, "
+                                "%lld) or (%lld, %lld, 1, 1)",
+                                (long long)B, (long long)OC, (long long)OH, (long long)OW,
+                                (long long)B, (long long)OC);
+        SD_TRY(conv_prefill(out->data, res, bias, x->dtype, B * OC, OC, OH * OW));
+    }
     const void *wd;
     SD_TRY(cuda_as_dtype(w, x->dtype, SCRATCH_CAST_A, &wd));
     sd_dtype dt = x->dtype;
@@ -152,7 +218,7 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
     if (KH == 1 && KW == 1 && stride == 1 && padding == 0) {
         // every image at once: out_b (OC, P) = w (OC, C) @ x_b (C, P)
         SD_TRY(cuda_gemm(false, OC, P, C, wd, C, 0, x->data, P, C * P, out->data, P, OC * P, B,
-                         dt, dt, false));
+                         dt, dt, acc));
     } else {
         int64_t chunk = (int64_t)(COLUMN_BUFFER_BYTES / (es * (size_t)Kc));
         if (chunk < P && chunk > CHUNK_ALIGN)
@@ -174,7 +240,7 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
                                             Kc * P)));
                 SD_TRY(cuda_gemm(false, OC, P, Kc, wd, Kc, 0, col, P, Kc * P,
                                  (char *)out->data + (size_t)(b0 * OC * P) * es, P, OC * P, nb,
-                                 dt, dt, false));
+                                 dt, dt, acc));
             }
         } else {
             void *col;
@@ -189,13 +255,28 @@ static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_te
                     // out_b[:, p0:p0+pc] (row stride P) = w @ col (Kc, pc)
                     SD_TRY(cuda_gemm(false, OC, pc, Kc, wd, Kc, 0, col, pc, 0,
                                      (char *)out->data + (size_t)(b * OC * P + p0) * es, P, 0, 1,
-                                     dt, dt, false));
+                                     dt, dt, acc));
                 }
         }
     }
-    if (bias)
+    if (bias && !acc)
         SD_TRY(cuda_add_bias_channels(out->data, dt, bias, B, OC, P));
     return SD_OK;
 }
 
-void cuda_fill_conv2d(sd_backend *be) { be->conv2d = cuda_conv2d; }
+static sd_status cuda_conv2d(const sd_backend *, const sd_tensor *x, const sd_tensor *w,
+                             const sd_tensor *bias, int stride, int padding, sd_tensor *out) {
+    return conv2d_run(x, w, bias, stride, padding, nullptr, out);
+}
+
+static sd_status cuda_conv2d_add(const sd_backend *, const sd_tensor *x, const sd_tensor *w,
+                                 const sd_tensor *bias, int stride, int padding,
+                                 const sd_tensor *res, sd_tensor *out) {
+    SD_TRY(cuda_need(res, "conv2d_add", "res"));
+    return conv2d_run(x, w, bias, stride, padding, res, out);
+}
+
+void cuda_fill_conv2d(sd_backend *be) {
+    be->conv2d = cuda_conv2d;
+    be->conv2d_add = cuda_conv2d_add;
+}

@@ -75,6 +75,26 @@ def test_linear_matches_cpu(rng, dtype, M, K, N):
     _compare(*_on_gpu(dtype, ops.linear, x, w, b))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(8192, 320, 320), (154, 1280, 320), (3, 5, 7)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_add_matches_cpu(rng, dtype, M, K, N, with_bias):
+    # the bias and the residual in cuBLASLt's epilogue (beta = 1) against linear + add
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = (rng.standard_normal((N, K)) * K**-0.5).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    res = rng.standard_normal((M, N)).astype(np.float32)
+    if dtype == "float32":
+        ours, ref = ops.linear_add(x, w, b, res, device="cuda"), ops.linear_add(x, w, b, res)
+        _compare(ours, ref, 1e-5, 1e-4)
+        return
+    r = [None if a is None else ops.convert(a, dtype) for a in (x, w, b, res)]
+    ref = ops.linear_add(*r)
+    with ops.staging_dtype(dtype):
+        ours = ops.linear_add(x, w, b, res, device="cuda")
+    _compare(ours, ref, *HALF_BOUNDS[dtype])
+
+
 def test_linear_3d_input_half_weight_no_bias(rng):
     x = rng.standard_normal((2, 77, 768)).astype(np.float32)
     w = (rng.standard_normal((320, 768)) * 0.03).astype(np.float16)
@@ -111,6 +131,27 @@ def test_conv2d_matches_cpu(rng, dtype, B, C, OC, H, W, k, stride, pad):
     w = (rng.standard_normal((OC, C, k, k)) * (C * k * k) ** -0.5).astype(np.float32)
     b = rng.standard_normal(OC).astype(np.float32)
     _compare(*_on_gpu(dtype, ops.conv2d, x, w, b, stride=stride, padding=pad))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "B,C,OC,H,W,k,per_channel",
+    [
+        (2, 320, 320, 64, 64, 3, True),  # resnet conv1 + time embedding
+        (2, 640, 320, 32, 32, 3, False),  # resnet conv2 + shortcut
+        (2, 320, 320, 16, 16, 1, False),  # transformer proj_out + input
+        (1, 128, 128, 256, 256, 3, False),  # VAE at 256x256: chunked columns accumulate
+        (1, 3, 5, 9, 7, 3, False),  # odd sizes: scalar paths
+    ],
+)
+def test_conv2d_add_matches_cpu(rng, dtype, B, C, OC, H, W, k, per_channel):
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((OC, C, k, k)) * (C * k * k) ** -0.5).astype(np.float32)
+    b = rng.standard_normal(OC).astype(np.float32)
+    shape = (B, OC, 1, 1) if per_channel else (B, OC, H, W)
+    res = rng.standard_normal(shape).astype(np.float32)
+    kw = dict(padding=k // 2)
+    _compare(*_on_gpu(dtype, ops.conv2d_add, x, w, b, res, **kw))
 
 
 def test_gemm_shape_errors_are_clear():

@@ -50,6 +50,16 @@ def test_linear(rng, M, K, N):
     check(ops.linear(x, w), F.linear(t64(x), t64(w)))
 
 
+@pytest.mark.parametrize("M,K,N", [(77, 768, 320), (3, 5, 7)])
+def test_linear_add(rng, M, K, N):
+    x, w, b = randn(rng, 2, M, K), randn(rng, N, K, scale=K**-0.5), randn(rng, N)
+    res = randn(rng, 2, M, N)
+    check(ops.linear_add(x, w, b, res), F.linear(t64(x), t64(w), t64(b)) + t64(res))
+    check(ops.linear_add(x, w, None, res), F.linear(t64(x), t64(w)) + t64(res))
+    with pytest.raises(ValueError, match="res"):
+        ops.linear_add(x, w, b, res[:, :1])
+
+
 def test_linear_batched_input_and_half_weights(rng):
     x, w, b = randn(rng, 2, 77, 768), randn(rng, 320, 768, scale=0.03), randn(rng, 320)
     w16, b16 = w.astype(np.float16), b.astype(np.float16)
@@ -86,6 +96,17 @@ def test_conv2d(rng, B, C, OC, H, W, k, stride, pad):
     b = randn(rng, OC)
     ref = F.conv2d(t64(x), t64(w), t64(b), stride=stride, padding=pad)
     check(ops.conv2d(x, w, b, stride=stride, padding=pad), ref)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_conv2d_add(rng, per_channel):
+    x, w, b = randn(rng, 2, 16, 12, 10), randn(rng, 8, 16, 3, 3, scale=0.1), randn(rng, 8)
+    res = randn(rng, 2, 8, 1, 1) if per_channel else randn(rng, 2, 8, 12, 10)
+    ref = F.conv2d(t64(x), t64(w), t64(b), padding=1) + t64(res)
+    check(ops.conv2d_add(x, w, b, res, padding=1), ref)
+    check(ops.conv2d_add(x, w, None, res, padding=1), ref - t64(b)[None, :, None, None])
+    with pytest.raises(ValueError, match="res"):
+        ops.conv2d_add(x, w, b, res[:, :4], padding=1)
 
 
 def test_conv2d_no_bias_and_half_weight(rng):

@@ -90,7 +90,8 @@ def summary(path):
         return
     head, units = rows[0], rows[1]
     ki, ti = head.index("Kernel Name"), head.index("gpu__time_duration.sum")
-    scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}[units[ti]]
+    units_us = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+    scale = units_us[units[ti]]
     total, count = defaultdict(float), defaultdict(int)
     for r in rows[2:]:
         k = short(r[ki])
@@ -99,7 +100,7 @@ def summary(path):
     all_us = sum(total.values())
     print(f"{path}: {sum(count.values())} kernels, {all_us / 1e3:.3f} ms of kernel time")
     print(f"{'kernel':92s} {'calls':>6s} {'total us':>10s} {'share':>6s}")
-    for k in sorted(total, key=total.get, reverse=True)[:40]:
+    for k in sorted(total, key=total.get, reverse=True)[:30]:
         print(f"{k:92s} {count[k]:6d} {total[k]:10.1f} {100 * total[k] / all_us:5.1f}%")
 
 

@@ -21,5 +21,5 @@ for case in ${*:-sdcore:unet sdcore:vae diffusers:unet diffusers:vae}; do
         --metrics gpu__time_duration.sum --csv --page raw --log-file "$out/ncu_${who}_${what}.csv" \
         python3 "$repo/tools/gpu_profile.py" run $folder $who $what > "/tmp/run_${who}_$what.log" 2>&1 || tail -20 "/tmp/run_${who}_$what.log"
     echo "$case exit $?"
-    python3 "$repo/tools/gpu_profile.py" summary "$out/ncu_${who}_${what}.csv" | head -30
+    python3 "$repo/tools/gpu_profile.py" summary "$out/ncu_${who}_${what}.csv"
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compile each kernels/*.cu (or the files named) for sm_90 without building the package:
+# Compile each kernels/*.cu (or the files named) for sm_80 and sm_90 without building the package:
 # a quick check that CUDA code compiles on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ status=0
 for f in "${@:-kernels/*.cu}"; do
     for g in $f; do
         "$nvcc" -O3 -std=c++17 -Xcompiler -fPIC -Icsrc -Ikernels -I"$inc" \
-            -gencode=arch=compute_90,code=sm_90 -c "$g" -o "$out/$(basename "$g").o" || status=1
+            -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90 -c "$g" -o "$out/$(basename "$g").o" || status=1
     done
 done
 rm -rf "$out"

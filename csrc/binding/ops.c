@@ -193,6 +193,27 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
                                    call_out(&c)));
 }
 
+static PyObject *py_linear_add(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "weight", "bias", "res", "device", NULL};
+    PyObject *x, *w, *b, *res;
+    const char *device = "cpu";
+    op_call c;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|s:linear_add", kwlist, &x, &w, &b, &res,
+                                     &device) ||
+        call_begin(&c, "linear_add", device) < 0 || call_input(&c, x, "x", 0, 1, 4, 0) < 0 ||
+        call_input(&c, w, "weight", 1, 2, 2, 0) < 0 || call_input(&c, b, "bias", 1, 1, 1, 1) < 0 ||
+        call_input(&c, res, "res", 0, 1, 4, 0) < 0)
+        return NULL;
+    int64_t shape[SD_MAX_DIMS];
+    memcpy(shape, c.host[0].shape, sizeof shape);
+    shape[c.host[0].ndim - 1] = c.host[1].shape[0];
+    if (call_output(&c, c.host[0].ndim, shape) < 0)
+        return NULL;
+    RUN_OP(c, linear_add, c.be->linear_add(c.be, call_in(&c, 0), call_in(&c, 1), call_in(&c, 2),
+                                           call_in(&c, 3), call_out(&c)));
+}
+
 static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"a", "b", "trans_b", "device", NULL};
@@ -234,6 +255,32 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     RUN_OP(c, conv2d, c.be->conv2d(c.be, call_in(&c, 0), call_in(&c, 1), call_in(&c, 2), stride,
                                    padding, call_out(&c)));
+}
+
+static PyObject *py_conv2d_add(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "weight", "bias", "res", "stride", "padding", "device", NULL};
+    PyObject *x, *w, *b, *res;
+    int stride = 1, padding = 0;
+    const char *device = "cpu";
+    op_call c;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|iis:conv2d_add", kwlist, &x, &w, &b, &res,
+                                     &stride, &padding, &device) ||
+        call_begin(&c, "conv2d_add", device) < 0 || call_input(&c, x, "x", 0, 4, 4, 0) < 0 ||
+        call_input(&c, w, "weight", 1, 4, 4, 0) < 0 || call_input(&c, b, "bias", 1, 1, 1, 1) < 0 ||
+        call_input(&c, res, "res", 0, 4, 4, 0) < 0)
+        return NULL;
+    if (stride < 1 || padding < 0) {
+        PyErr_SetString(PyExc_ValueError, "conv2d_add: stride must be >= 1 and padding >= 0");
+        return NULL;
+    }
+    const int64_t *xs = c.host[0].shape, *ws = c.host[1].shape;
+    int64_t shape[4] = {xs[0], ws[0], (xs[2] + 2 * padding - ws[2]) / stride + 1,
+                        (xs[3] + 2 * padding - ws[3]) / stride + 1};
+    if (call_output(&c, 4, shape) < 0)
+        return NULL;
+    RUN_OP(c, conv2d_add, c.be->conv2d_add(c.be, call_in(&c, 0), call_in(&c, 1), call_in(&c, 2),
+                                           stride, padding, call_in(&c, 3), call_out(&c)));
 }
 
 static PyObject *py_group_norm(PyObject *self, PyObject *args, PyObject *kw) {
@@ -599,6 +646,11 @@ static PyObject *py_convert(PyObject *self, PyObject *args, PyObject *kw) {
 PyMethodDef sd_ops_methods[] = {
     {"linear", KW py_linear, METH_VARARGS | METH_KEYWORDS,
      "linear(x (..., K), weight (N, K), bias=None (N)) -> (..., N)"},
+    {"conv2d_add", KW py_conv2d_add, METH_VARARGS | METH_KEYWORDS,
+     "conv2d_add(x, weight, bias or None, res (B, OC, OH, OW) or (B, OC, 1, 1), stride=1, "
+     "padding=0) -> conv2d + res"},
+    {"linear_add", KW py_linear_add, METH_VARARGS | METH_KEYWORDS,
+     "linear_add(x (..., K), weight (N, K), bias (N) or None, res (..., N)) -> linear + res"},
     {"matmul", KW py_matmul, METH_VARARGS | METH_KEYWORDS,
      "matmul(a (M, K), b (K, N) or (N, K) with trans_b) -> (M, N)"},
     {"conv2d", KW py_conv2d, METH_VARARGS | METH_KEYWORDS,

@@ -1,5 +1,6 @@
 /* The CPU backend table: argument checks, weight widening, then the plain ops. */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,6 +147,30 @@ static sd_status cpu_linear(const sd_backend *be, const sd_tensor *x, const sd_t
     return SD_OK;
 }
 
+static sd_status binary(const sd_tensor *a, const sd_tensor *b, sd_tensor *out, int is_mul);
+
+/* linear into out, then + res; when res is out the product goes through a temporary */
+static sd_status cpu_linear_add(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
+                                const sd_tensor *bias, const sd_tensor *res, sd_tensor *out) {
+    const char *op = "linear_add";
+    SD_TRY(need_f32(res, op, "res"));
+    SD_TRY(need_f32(out, op, "out"));
+    SD_TRY(need_same_shape(out, res, op, "res"));
+    if (res->data != out->data) {
+        SD_TRY(cpu_linear(be, x, w, bias, out));
+        return binary(out, res, out, 0);
+    }
+    sd_tensor tmp = *out;
+    tmp.data = malloc(sd_nbytes(out));
+    if (!tmp.data)
+        return sd_fail(SD_ERR_NOMEM, "linear_add: cannot allocate %zu bytes", sd_nbytes(out));
+    sd_status s = cpu_linear(be, x, w, bias, &tmp);
+    if (s == SD_OK)
+        s = binary(out, &tmp, out, 0);
+    free(tmp.data);
+    return s;
+}
+
 static sd_status cpu_matmul(const sd_backend *be, const sd_tensor *a, const sd_tensor *b,
                             int trans_b, sd_tensor *out) {
     (void)be;
@@ -218,6 +243,45 @@ static sd_status norm_params(const sd_tensor *gamma, const sd_tensor *beta, int6
         free(*gown);
         *gown = NULL;
     }
+    return s;
+}
+
+/* conv2d into out, then + res (a per-channel res is added as (B, OC), which the
+ * elementwise add broadcasts over the pixels) */
+static sd_status cpu_conv2d_add(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
+                                const sd_tensor *bias, int stride, int padding,
+                                const sd_tensor *res, sd_tensor *out) {
+    const char *op = "conv2d_add";
+    SD_TRY(need_f32(res, op, "res"));
+    SD_TRY(need_ndim(res, 4, op, "res"));
+    SD_TRY(need_f32(out, op, "out"));
+    SD_TRY(need_ndim(out, 4, op, "out"));
+    bool per_channel = res->shape[2] == 1 && res->shape[3] == 1;
+    if (res->shape[0] != out->shape[0] || res->shape[1] != out->shape[1] ||
+        !(per_channel || (res->shape[2] == out->shape[2] && res->shape[3] == out->shape[3])))
+        return sd_fail(SD_ERR_INVALID,
+                       "conv2d_add: argument 'res' must have shape (%lld, %lld, %lld, %lld) or "
+                       "(%lld, %lld, 1, 1)",
+                       (long long)out->shape[0], (long long)out->shape[1],
+                       (long long)out->shape[2], (long long)out->shape[3],
+                       (long long)out->shape[0], (long long)out->shape[1]);
+    sd_tensor r = *res;
+    if (per_channel && !(out->shape[2] == 1 && out->shape[3] == 1))
+        r = sd_tensor_view(res->data, res->dtype, res->device, 2,
+                           (const int64_t[]){res->shape[0], res->shape[1]});
+    if (res->data != out->data) {
+        SD_TRY(cpu_conv2d(be, x, w, bias, stride, padding, out));
+        return binary(out, &r, out, 0);
+    }
+    /* out += conv2d(x): the product goes through a temporary */
+    sd_tensor tmp = *out;
+    tmp.data = malloc(sd_nbytes(out));
+    if (!tmp.data)
+        return sd_fail(SD_ERR_NOMEM, "conv2d_add: cannot allocate %zu bytes", sd_nbytes(out));
+    sd_status s = cpu_conv2d(be, x, w, bias, stride, padding, &tmp);
+    if (s == SD_OK)
+        s = binary(out, &tmp, out, 0);
+    free(tmp.data);
     return s;
 }
 
@@ -577,8 +641,10 @@ static const sd_backend cpu_backend = {
     .download = cpu_download,
     .synchronize = cpu_synchronize,
     .linear = cpu_linear,
+    .linear_add = cpu_linear_add,
     .matmul = cpu_matmul,
     .conv2d = cpu_conv2d,
+    .conv2d_add = cpu_conv2d_add,
     .group_norm = cpu_group_norm,
     .layer_norm = cpu_layer_norm,
     .attention = cpu_attention,

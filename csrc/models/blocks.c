@@ -48,38 +48,44 @@ sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
     int mark = sd_arena_mark(arena);
     sd_tensor a, h;
     sd_status s;
-    /* Two full-size temporaries at most: h lives through the block, and one slot after
-     * it holds a, then t, then the shortcut (each dead before the next). */
+    /* Two full-size temporaries at most: h lives through the block; the slot after it
+     * holds a, then the shortcut (a is dead by then), and a small one t. */
     if ((s = sd_arena_act(arena, &h, 4, B, rb->out_ch, H, W)))
         goto done;
     int inner = sd_arena_mark(arena);
-    /* a (B, in, H, W) = silu(norm1(x)); h (B, out, H, W) = conv1(a) */
+    /* a (B, in, H, W) = silu(norm1(x)) */
     if ((s = sd_arena_act(arena, &a, 4, B, rb->in_ch, H, W)) ||
-        (s = be->group_norm(be, x, rb->norm1_w, rb->norm1_b, rb->groups, rb->eps, 1, &a)) ||
-        (s = be->conv2d(be, &a, rb->conv1_w, rb->conv1_b, 1, 1, &h)))
+        (s = be->group_norm(be, x, rb->norm1_w, rb->norm1_b, rb->groups, rb->eps, 1, &a)))
         goto done;
-    sd_arena_release(arena, inner);
+    /* t (B, out) = time_emb_proj(silu(temb)), added to every pixel of its channel: it
+     * goes in as conv1's residual, so the GPU adds bias and t while writing h */
+    sd_tensor t4, *t_res = NULL;
     if (rb->temb_ch > 0 && temb_silu) {
-        /* t (B, out) = time_emb_proj(silu(temb)), added to every pixel of its channel */
         sd_tensor t;
         if ((s = sd_arena_act(arena, &t, 2, B, rb->out_ch, 1, 1)) ||
-            (s = be->linear(be, temb_silu, rb->temb_w, rb->temb_b, &t)) ||
-            (s = be->add(be, &h, &t, &h)))
+            (s = be->linear(be, temb_silu, rb->temb_w, rb->temb_b, &t)))
             goto done;
-        sd_arena_release(arena, inner);
+        t4 = sd_tensor_view(t.data, t.dtype, t.device, 4,
+                            (const int64_t[]){B, rb->out_ch, 1, 1});
+        t_res = &t4;
     }
+    /* h (B, out, H, W) = conv1(a) [+ t] */
+    s = t_res ? be->conv2d_add(be, &a, rb->conv1_w, rb->conv1_b, 1, 1, t_res, &h)
+              : be->conv2d(be, &a, rb->conv1_w, rb->conv1_b, 1, 1, &h);
+    if (s)
+        goto done;
+    sd_arena_release(arena, inner);
     /* h = silu(norm2(h)), in place; out = conv2(h) + shortcut(x) */
-    if ((s = be->group_norm(be, &h, rb->norm2_w, rb->norm2_b, rb->groups, rb->eps, 1, &h)) ||
-        (s = be->conv2d(be, &h, rb->conv2_w, rb->conv2_b, 1, 1, out)))
+    if ((s = be->group_norm(be, &h, rb->norm2_w, rb->norm2_b, rb->groups, rb->eps, 1, &h)))
         goto done;
     if (rb->short_w) {
         sd_tensor sc;
         if ((s = sd_arena_act(arena, &sc, 4, B, rb->out_ch, H, W)) ||
             (s = be->conv2d(be, x, rb->short_w, rb->short_b, 1, 0, &sc)) ||
-            (s = be->add(be, out, &sc, out)))
+            (s = be->conv2d_add(be, &h, rb->conv2_w, rb->conv2_b, 1, 1, &sc, out)))
             goto done;
     } else {
-        s = be->add(be, out, x, out);
+        s = be->conv2d_add(be, &h, rb->conv2_w, rb->conv2_b, 1, 1, x, out);
     }
 done:
     sd_arena_release(arena, mark);

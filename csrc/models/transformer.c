@@ -136,9 +136,7 @@ static sd_status attention_forward(const sd_backend *be, sd_arena *arena,
     CHECK(be->linear(be, kv, a->k_w, a->k_b, &k));  // (B, Tk, C)
     CHECK(be->linear(be, kv, a->v_w, a->v_b, &v));  // (B, Tk, C)
     CHECK(be->attention(be, &q, &k, &v, heads, 0, &o)); // (B, T, heads * C/heads)
-    /* q is dead: it takes the output projection */
-    CHECK(be->linear(be, &o, a->out_w, a->out_b, &q)); // (B, T, C)
-    CHECK(be->add(be, h, &q, h));
+    CHECK(be->linear_add(be, &o, a->out_w, a->out_b, h, h)); // h += to_out(o)
 done:
     sd_arena_release(arena, mark);
     return s;
@@ -166,8 +164,7 @@ static sd_status transformer_block_forward(const sd_backend *be, sd_arena *arena
     CHECK(sd_arena_act(arena, &f, 3, B, T, 4 * C, 1));
     CHECK(be->linear(be, &n, blk->ff_in_w, blk->ff_in_b, &g)); // (B, T, 8C)
     CHECK(be->geglu(be, &g, &f));                             // (B, T, 4C)
-    CHECK(be->linear(be, &f, blk->ff_out_w, blk->ff_out_b, &n)); // (B, T, C)
-    CHECK(be->add(be, h, &n, h));
+    CHECK(be->linear_add(be, &f, blk->ff_out_w, blk->ff_out_b, h, h)); // h += ff_out(f)
 done:
     sd_arena_release(arena, mark);
     return s;
@@ -217,8 +214,7 @@ sd_status sd_transformer2d_forward(const sd_backend *be, sd_arena *arena,
         CHECK(be->add(be, &a, x, out));                                   // (B, C, H, W)
     } else {
         CHECK(be->transpose_last2(be, &tok, &a_img));                      // (B, C, S)
-        CHECK(be->conv2d(be, &a, t->proj_out_w, t->proj_out_b, 1, 0, &b)); // (B, C, H, W)
-        CHECK(be->add(be, &b, x, out));
+        CHECK(be->conv2d_add(be, &a, t->proj_out_w, t->proj_out_b, 1, 0, x, out)); // + x
     }
 done:
     sd_arena_release(arena, mark);
