@@ -50,27 +50,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
-// 2^x of two values at once, in the element type: one MUFU op for two exponentials, and
-// the result is already the packed P fragment the P V product takes.
-template <typename T> __device__ __forceinline__ uint32_t exp2_pair(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t exp2_pair<__half>(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    uint32_t x = *reinterpret_cast<uint32_t *>(&h), y;
-    asm("ex2.approx.f16x2 %0, %1;" : "=r"(y) : "r"(x));
-    return y;
-}
-template <> __device__ __forceinline__ uint32_t exp2_pair<__nv_bfloat16>(float lo, float hi) {
-#if __CUDA_ARCH__ >= 900
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    uint32_t x = *reinterpret_cast<uint32_t *>(&h), y;
-    asm("ex2.approx.ftz.bf16x2 %0, %1;" : "=r"(y) : "r"(x));
-    return y;
-#else // no packed bf16 exponential before sm_90
-    __nv_bfloat162 h = __floats2bfloat162_rn(fast_exp2(lo), fast_exp2(hi));
-    return *reinterpret_cast<uint32_t *>(&h);
-#endif
-}
-
 // 16 bytes global -> shared, bypassing L1; src_bytes 0 writes zeros instead of reading.
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
     uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
@@ -90,6 +69,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *sme
                  : "r"(s));
 }
 
+// The same, untransposed.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *smem) {
+    uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
 #define FLASH_WARPS 4
 #define FLASH_BQ (16 * FLASH_WARPS) // queries per CTA: 16 rows of m16n8k16 per warp
 
@@ -101,12 +88,20 @@ template <int DP> struct flash_layout {
 
 // rows x DP tile of a (T, H*D) operand into shared memory: rows past `valid_rows` and
 // columns past D are zero-filled, which is the padding of D up to DP (D % 8 == 0).
-// With data_only, the chunks past D are left alone (filled once by flash_fill_padding).
-template <typename T, int ROWS, int DP>
+// With DATA_ONLY (D = DP - 8), the last chunk of each row, past D, is left alone (filled
+// once by flash_fill_padding). The chunk count is a compile-time constant, so the index
+// arithmetic is multiplies and shifts, not a division in every tile.
+template <typename T, int ROWS, int DP, bool DATA_ONLY = false>
 __device__ __forceinline__ void flash_load_tile(T *smem, const T *g, int64_t ld, int valid_rows,
-                                                int D, bool data_only = false) {
-    const int chunks = data_only ? D / 8 : DP / 8; // 16-byte chunks a row
-    for (int i = threadIdx.x; i < ROWS * chunks; i += FLASH_WARPS * 32) {
+                                                int D) {
+    constexpr int chunks = DATA_ONLY ? DP / 8 - 1 : DP / 8; // 16-byte chunks a row
+    constexpr int threads = FLASH_WARPS * 32;
+    constexpr int rounds = (ROWS * chunks + threads - 1) / threads;
+#pragma unroll
+    for (int u = 0; u < rounds; u++) {
+        int i = threadIdx.x + u * threads;
+        if (ROWS * chunks % threads != 0 && i >= ROWS * chunks)
+            break;
         int r = i / chunks, c = i % chunks;
         bool ok = r < valid_rows && c * 8 < D;
         cp_async16(smem + r * flash_layout<DP>::row + c * 8, ok ? g + r * ld + c * 8 : g,
@@ -114,14 +109,13 @@ __device__ __forceinline__ void flash_load_tile(T *smem, const T *g, int64_t ld,
     }
 }
 
-// The padding columns D .. DP - 1 of every row of `rows` rows: zero, but for column D,
-// which is `first` (1 in V: P V then carries each row's sum of P in output column D).
+// The padding columns DP - 8 .. DP - 1 of every row of `rows` rows: zero, but for the
+// first, which is `first` (1 in V: P V then carries each row's sum of P in that column).
 template <typename T, int DP>
-__device__ __forceinline__ void flash_fill_padding(T *smem, int rows, int D, float first) {
-    const int width = DP - D;
-    for (int i = threadIdx.x; i < rows * width; i += FLASH_WARPS * 32) {
-        int r = i / width, c = i % width;
-        smem[r * flash_layout<DP>::row + D + c] = from_f32<T>(c == 0 ? first : 0.0f);
+__device__ __forceinline__ void flash_fill_padding(T *smem, int rows, float first) {
+    for (int i = threadIdx.x; i < rows * 8; i += FLASH_WARPS * 32) {
+        int r = i / 8, c = i % 8;
+        smem[r * flash_layout<DP>::row + DP - 8 + c] = from_f32<T>(c == 0 ? first : 0.0f);
     }
 }
 
@@ -130,12 +124,11 @@ __device__ __forceinline__ void flash_fill_padding(T *smem, int rows, int D, flo
 // Fragment naming follows the PTX manual: g = lane / 4 picks the row (and g + 8),
 // t = lane % 4 the column pair 2t, 2t + 1.
 //
-// SUM_IN_V (D < DP, i.e. D % 16 == 8, SD 1.5's 40): the padding column D of V is all
+// SUM_IN_V (D = DP - 8, i.e. D % 16 == 8, SD 1.5's 40): the padding column D of V is all
 // ones, so the P V product accumulates each row's softmax denominator in output column D,
-// rescaled with the rest, and the exponentials are taken two at a time in the element
-// type (they are rounded to it for P V anyway). Per score that leaves one FFMA, one max,
-// half a conversion and half an exponential on the ALUs; for small heads those, not the
-// tensor cores, set the pace. Otherwise P is exponentiated in f32 and summed by thread.
+// rescaled with the rest, and the sum of P costs no ALU work. For small heads the ALU
+// work per score (FFMA, max, exponential, conversion), not the tensor cores, sets the
+// pace. Otherwise each thread sums its P values and the quad reduces them at the end.
 template <typename T, int DP, int KB, bool SUM_IN_V>
 __global__ void __launch_bounds__(FLASH_WARPS * 32)
     attention_flash_kernel(const T *q, const T *k, const T *v, T *out, int Tq, int Tk, int H,
@@ -163,12 +156,12 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
     if (SUM_IN_V) {
         // K's padding is zero (0 * Q's zero padding stays 0); V's carries the ones column.
         // Plain stores, never touched by the cp.async loads below (data_only).
-        flash_fill_padding<T, DP>(k_s, 2 * KB, D, 0.0f);
-        flash_fill_padding<T, DP>(v_s, 2 * KB, D, 1.0f);
+        flash_fill_padding<T, DP>(k_s, 2 * KB, 0.0f);
+        flash_fill_padding<T, DP>(v_s, 2 * KB, 1.0f);
     }
     flash_load_tile<T, FLASH_BQ, DP>(q_s, qg, ld, min(FLASH_BQ, Tq - q0), D);
-    flash_load_tile<T, KB, DP>(k_s, kg, ld, min(KB, Tk), D, SUM_IN_V);
-    flash_load_tile<T, KB, DP>(v_s, vg, ld, min(KB, Tk), D, SUM_IN_V);
+    flash_load_tile<T, KB, DP, SUM_IN_V>(k_s, kg, ld, min(KB, Tk), D);
+    flash_load_tile<T, KB, DP, SUM_IN_V>(v_s, vg, ld, min(KB, Tk), D);
     cp_async_commit();
 
     uint32_t q_frag[DP / 16][4];
@@ -186,10 +179,10 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
         if (j + 1 < tiles) {
             // the buffer being filled was last read in iteration j - 1, before its barrier
             int next = k0 + KB;
-            flash_load_tile<T, KB, DP>(k_s + (cur ^ 1) * KB * RS, kg + next * ld, ld,
-                                       min(KB, Tk - next), D, SUM_IN_V);
-            flash_load_tile<T, KB, DP>(v_s + (cur ^ 1) * KB * RS, vg + next * ld, ld,
-                                       min(KB, Tk - next), D, SUM_IN_V);
+            flash_load_tile<T, KB, DP, SUM_IN_V>(k_s + (cur ^ 1) * KB * RS, kg + next * ld, ld,
+                                                 min(KB, Tk - next), D);
+            flash_load_tile<T, KB, DP, SUM_IN_V>(v_s + (cur ^ 1) * KB * RS, vg + next * ld, ld,
+                                                 min(KB, Tk - next), D);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -209,37 +202,47 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
         const T *kt = k_s + cur * KB * RS;
         const T *vt = v_s + cur * KB * RS;
 
-        // S (16, KB) = Q K^T for this warp's rows; K stored (key, d) is B col-major
+        // S (16, KB) = Q K^T for this warp's rows; K stored (key, d) is B col-major. One
+        // ldmatrix brings the B fragments of two key tiles for one k16 step: lanes 0-15
+        // address the rows of tile n (d 0-7, then 8-15), lanes 16-31 those of tile n + 1.
         float s[KB / 8][4];
 #pragma unroll
-        for (int n = 0; n < KB / 8; n++) {
+        for (int n = 0; n < KB / 8; n++)
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            const T *kr = kt + (n * 8 + g) * RS + 2 * t;
+        const T *kr = kt + (((lane >> 4) * 8) + (lane & 7)) * RS + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int n = 0; n < KB / 8; n += 2) {
 #pragma unroll
             for (int kk = 0; kk < DP / 16; kk++) {
-                uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kk * 16);
-                uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kk * 16 + 8);
-                mma_t::mma(s[n], q_frag[kk], b0, b1);
+                uint32_t kb[4];
+                ldmatrix_x4(kb, kr + n * 8 * RS + kk * 16);
+                mma_t::mma(s[n], q_frag[kk], kb[0], kb[1]);
+                mma_t::mma(s[n + 1], q_frag[kk], kb[2], kb[3]);
             }
         }
 
-        // mask keys past Tk and, causal, past the query; the tile's row maxima
+        // mask keys past Tk and, causal, past the query: only the last tile (and, causal,
+        // the diagonal ones) need it, and they take a branch of their own
         const bool edge = k0 + KB > Tk || (causal && k0 + KB - 1 > q0 + warp * 16);
-        float tile_max[2] = {-INFINITY, -INFINITY};
+        if (edge) {
 #pragma unroll
-        for (int n = 0; n < KB / 8; n++)
+            for (int n = 0; n < KB / 8; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                if (edge) {
+                for (int e = 0; e < 4; e++) {
                     int key = k0 + n * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
                     if (key >= Tk || (causal && key > row))
                         s[n][e] = -INFINITY;
                 }
-                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
-            }
+        }
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < KB / 8; n++) {
+            tile_max[0] = fmaxf(tile_max[0], fmaxf(s[n][0], s[n][1]));
+            tile_max[1] = fmaxf(tile_max[1], fmaxf(s[n][2], s[n][3]));
+        }
         // online softmax: p = 2^(s * scale_log2 - m * scale_log2), one FFMA a score;
         // what was accumulated under the old maximum is rescaled by alpha
-        uint32_t p[KB / 8][2]; // SUM_IN_V: P packed in T, rows g and g + 8
+        uint32_t p[KB / 8][2]; // P packed in T, rows g and g + 8
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             float m = tile_max[r];
@@ -258,15 +261,11 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
             }
 #pragma unroll
             for (int n = 0; n < KB / 8; n++) {
-                float x0 = fmaf(s[n][2 * r], scale_log2, -m_use);
-                float x1 = fmaf(s[n][2 * r + 1], scale_log2, -m_use);
-                if (SUM_IN_V) {
-                    p[n][r] = exp2_pair<T>(x0, x1);
-                } else {
-                    float p0 = fast_exp2(x0), p1 = fast_exp2(x1);
-                    p[n][r] = mma_t::pack(p0, p1);
+                float p0 = fast_exp2(fmaf(s[n][2 * r], scale_log2, -m_use));
+                float p1 = fast_exp2(fmaf(s[n][2 * r + 1], scale_log2, -m_use));
+                p[n][r] = mma_t::pack(p0, p1);
+                if (!SUM_IN_V)
                     row_sum[r] += p0 + p1;
-                }
             }
         }
 
@@ -291,13 +290,8 @@ __global__ void __launch_bounds__(FLASH_WARPS * 32)
     for (int r = 0; r < 2; r++) {
         float l;
         if (SUM_IN_V) {
-            // column D is n = D / 8, pair element 0, held by the quad's thread t == 0
-            float mine = 0.0f;
-#pragma unroll
-            for (int n = 0; n < DP / 8; n++)
-                if (n == D / 8)
-                    mine = o[n][2 * r];
-            l = __shfl_sync(0xffffffffu, mine, lane & ~3);
+            // column D = DP - 8 is n = DP / 8 - 1, pair element 0, held by the quad's t == 0
+            l = __shfl_sync(0xffffffffu, o[DP / 8 - 1][2 * r], lane & ~3);
         } else {
             l = row_sum[r];
             l += __shfl_xor_sync(0xffffffffu, l, 1);
@@ -344,7 +338,7 @@ static sd_status launch_flash_kernel(const T *q, const T *k, const T *v, T *out,
 template <typename T, int DP, int KB>
 static sd_status launch_flash_dp(const T *q, const T *k, const T *v, T *out, int B, int Tq,
                                  int Tk, int H, int D, int causal) {
-    if (D < DP)
+    if (D == DP - 8)
         return launch_flash_kernel<T, DP, KB, true>(q, k, v, out, B, Tq, Tk, H, D, causal);
     return launch_flash_kernel<T, DP, KB, false>(q, k, v, out, B, Tq, Tk, H, D, causal);
 }
