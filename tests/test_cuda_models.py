@@ -127,16 +127,34 @@ def psnr(a, b):
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+def well_conditioned_seeds(pipe, prompt, count, **kw):
+    """The first `count` seeds from 1234 on whose CPU image barely moves when the guidance
+    scale moves by 0.5%. Some trajectories sit at a bifurcation (with dpmpp_2m, seed 1235
+    of the shipped model gives 19 dB between guidance 5 and 5.02 on the CPU alone): there
+    any rounding difference, float16 on the GPU included, picks another branch, and the
+    image comparison would measure the trajectory, not the GPU's arithmetic."""
+    seeds = []
+    for seed in range(1234, 1264):
+        a = pipe(prompt, seed=seed, guidance_scale=5.0, **kw)[0]
+        b = pipe(prompt, seed=seed, guidance_scale=5.025, **kw)[0]
+        if psnr(np.asarray(a), np.asarray(b)) >= 45.0:
+            seeds.append(seed)
+            if len(seeds) == count:
+                return seeds
+    pytest.fail(f"fewer than {count} well-conditioned seeds in 1234..1263")
+
+
 @pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m"])
 def test_pipeline_image_matches_cpu(sampler):
-    kw = dict(num_inference_steps=20, seed=1234, sampler=sampler, num_images=2)
+    kw = dict(num_inference_steps=20, sampler=sampler)
     prompt = "a red circle on a blue background"
-    cpu = sdcore.Pipeline.from_pretrained()(prompt, **kw)
+    cpu_pipe = sdcore.Pipeline.from_pretrained()
     gpu_pipe = sdcore.Pipeline.from_pretrained(device="cuda")
-    gpu = gpu_pipe(prompt, **kw)
-    for a, b in zip(cpu, gpu, strict=True):
-        assert a.seed == b.seed
-        assert psnr(np.asarray(a), np.asarray(b)) >= 35.0
+    for seed in well_conditioned_seeds(cpu_pipe, prompt, 2, **kw):
+        cpu = cpu_pipe(prompt, seed=seed, guidance_scale=5.0, **kw)[0]
+        gpu = gpu_pipe(prompt, seed=seed, guidance_scale=5.0, **kw)[0]
+        assert cpu.seed == gpu.seed == seed
+        assert psnr(np.asarray(cpu), np.asarray(gpu)) >= 35.0, f"seed {seed}"
 
 
 def test_pipeline_releases_device_memory():
