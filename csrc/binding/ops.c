@@ -232,6 +232,18 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw) {
     RUN_OP(c, matmul, c.be->matmul(c.be, call_in(&c, 0), call_in(&c, 1), trans_b, call_out(&c)));
 }
 
+/* The output of a convolution of inputs 0 (x) and 1 (weight); -1 with ValueError. */
+static int conv_output(op_call *c, int stride, int padding) {
+    if (stride < 1 || padding < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: stride must be >= 1 and padding >= 0", c->op);
+        return -1;
+    }
+    const int64_t *xs = c->host[0].shape, *ws = c->host[1].shape;
+    int64_t shape[4] = {xs[0], ws[0], (xs[2] + 2 * padding - ws[2]) / stride + 1,
+                        (xs[3] + 2 * padding - ws[3]) / stride + 1};
+    return call_output(c, 4, shape);
+}
+
 static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "weight", "bias", "stride", "padding", "device", NULL};
@@ -244,14 +256,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         call_begin(&c, "conv2d", device) < 0 || call_input(&c, x, "x", 0, 4, 4, 0) < 0 ||
         call_input(&c, w, "weight", 1, 4, 4, 0) < 0 || call_input(&c, b, "bias", 1, 1, 1, 1) < 0)
         return NULL;
-    if (stride < 1 || padding < 0) {
-        PyErr_SetString(PyExc_ValueError, "conv2d: stride must be >= 1 and padding >= 0");
-        return NULL;
-    }
-    const int64_t *xs = c.host[0].shape, *ws = c.host[1].shape;
-    int64_t shape[4] = {xs[0], ws[0], (xs[2] + 2 * padding - ws[2]) / stride + 1,
-                        (xs[3] + 2 * padding - ws[3]) / stride + 1};
-    if (call_output(&c, 4, shape) < 0)
+    if (conv_output(&c, stride, padding) < 0)
         return NULL;
     RUN_OP(c, conv2d, c.be->conv2d(c.be, call_in(&c, 0), call_in(&c, 1), call_in(&c, 2), stride,
                                    padding, call_out(&c)));
@@ -270,14 +275,7 @@ static PyObject *py_conv2d_add(PyObject *self, PyObject *args, PyObject *kw) {
         call_input(&c, w, "weight", 1, 4, 4, 0) < 0 || call_input(&c, b, "bias", 1, 1, 1, 1) < 0 ||
         call_input(&c, res, "res", 0, 4, 4, 0) < 0)
         return NULL;
-    if (stride < 1 || padding < 0) {
-        PyErr_SetString(PyExc_ValueError, "conv2d_add: stride must be >= 1 and padding >= 0");
-        return NULL;
-    }
-    const int64_t *xs = c.host[0].shape, *ws = c.host[1].shape;
-    int64_t shape[4] = {xs[0], ws[0], (xs[2] + 2 * padding - ws[2]) / stride + 1,
-                        (xs[3] + 2 * padding - ws[3]) / stride + 1};
-    if (call_output(&c, 4, shape) < 0)
+    if (conv_output(&c, stride, padding) < 0)
         return NULL;
     RUN_OP(c, conv2d_add, c.be->conv2d_add(c.be, call_in(&c, 0), call_in(&c, 1), call_in(&c, 2),
                                            stride, padding, call_in(&c, 3), call_out(&c)));
