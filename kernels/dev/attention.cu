@@ -8,8 +8,12 @@
 //   v1  naive: one thread per query, online softmax over all keys, f32 math
 //   v2  flash: tensor cores (mma.sync m16n8k16), a 64-query block per CTA with its Q in
 //       registers, K/V tiles streamed through shared memory with cp.async double buffering,
-//       online softmax in f32 with exp2 of log2e-prescaled scores; D padded to 16 (this is
-//       the kernel in kernels/attention.cu)
+//       online softmax in f32 with exp2 of log2e-prescaled scores; D padded to 16. This
+//       is kernels/attention.cu's kernel as it first shipped; the shipped one has since
+//       moved on (K fragments by ldmatrix, masking on edge tiles only, loads with
+//       compile-time trip counts, softmax sums from a ones column in V's padding when
+//       D % 16 == 8) and is timed by tools/gpu_profile.sh and checked by
+//       tests/test_cuda_attention.py.
 //   v3  unfused: S = Q K^T (cuBLAS, f32 out), softmax rows -> P, out = P V (cuBLAS); the
 //       backend's general path
 //
