@@ -113,24 +113,27 @@ static sd_status cpu_synchronize(const sd_backend *be) {
 
 /* ---------------------------------------------------------------- ops ---- */
 
-static sd_status cpu_linear(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
-                            const sd_tensor *bias, sd_tensor *out) {
-    (void)be;
-    const char *op = "linear";
+/* out = linear(x, w, bias) [+ res]; op names the caller in errors */
+static sd_status linear_run(const sd_tensor *x, const sd_tensor *w, const sd_tensor *bias,
+                            const sd_tensor *res, sd_tensor *out, const char *op) {
     SD_TRY(need_f32(x, op, "x"));
     SD_TRY(need(w, op, "weight"));
     SD_TRY(need_ndim(w, 2, op, "weight"));
     int64_t K = x->shape[x->ndim - 1], N = w->shape[0];
     if (w->shape[1] != K)
-        return sd_fail(SD_ERR_INVALID, "linear: weight has %lld input features, x has %lld",
+        return sd_fail(SD_ERR_INVALID, "%s: weight has %lld input features, x has %lld", op,
                        (long long)w->shape[1], (long long)K);
     if (bias)
         SD_TRY(need_vector(bias, N, op, "bias"));
     SD_TRY(need_f32(out, op, "out"));
     int64_t M = sd_numel(x) / K;
     if (out->ndim != x->ndim || sd_numel(out) != M * N || out->shape[out->ndim - 1] != N)
-        return sd_fail(SD_ERR_INVALID, "linear: argument 'out' must be x's shape with last dim %lld",
-                       (long long)N);
+        return sd_fail(SD_ERR_INVALID, "%s: argument 'out' must be x's shape with last dim %lld",
+                       op, (long long)N);
+    if (res) {
+        SD_TRY(need_f32(res, op, "res"));
+        SD_TRY(need_same_shape(out, res, op, "res"));
+    }
     const float *wd = NULL, *bd = NULL;
     float *wown, *bown = NULL;
     SD_TRY(weight_f32(w, &wd, &wown, op));
@@ -141,34 +144,24 @@ static sd_status cpu_linear(const sd_backend *be, const sd_tensor *x, const sd_t
             return s;
         }
     }
-    cpu_linear_f32(x->data, wd, bd, out->data, M, K, N);
+    cpu_linear_f32(x->data, wd, bd, res ? res->data : NULL, out->data, M, K, N);
     free(wown);
     free(bown);
     return SD_OK;
 }
 
-static sd_status binary(const sd_tensor *a, const sd_tensor *b, sd_tensor *out, int is_mul);
+static sd_status cpu_linear(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
+                            const sd_tensor *bias, sd_tensor *out) {
+    (void)be;
+    return linear_run(x, w, bias, NULL, out, "linear");
+}
 
-/* linear into out, then + res; when res is out the product goes through a temporary */
+/* the GEMM accumulates onto res + bias (res may be out) */
 static sd_status cpu_linear_add(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
                                 const sd_tensor *bias, const sd_tensor *res, sd_tensor *out) {
-    const char *op = "linear_add";
-    SD_TRY(need_f32(res, op, "res"));
-    SD_TRY(need_f32(out, op, "out"));
-    SD_TRY(need_same_shape(out, res, op, "res"));
-    if (res->data != out->data) {
-        SD_TRY(cpu_linear(be, x, w, bias, out));
-        return binary(out, res, out, 0);
-    }
-    sd_tensor tmp = *out;
-    tmp.data = malloc(sd_nbytes(out));
-    if (!tmp.data)
-        return sd_fail(SD_ERR_NOMEM, "linear_add: cannot allocate %zu bytes", sd_nbytes(out));
-    sd_status s = cpu_linear(be, x, w, bias, &tmp);
-    if (s == SD_OK)
-        s = binary(out, &tmp, out, 0);
-    free(tmp.data);
-    return s;
+    (void)be;
+    SD_TRY(need(res, "linear_add", "res"));
+    return linear_run(x, w, bias, res, out, "linear_add");
 }
 
 static sd_status cpu_matmul(const sd_backend *be, const sd_tensor *a, const sd_tensor *b,
@@ -193,10 +186,10 @@ static sd_status cpu_matmul(const sd_backend *be, const sd_tensor *a, const sd_t
     return SD_OK;
 }
 
-static sd_status cpu_conv2d(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
-                            const sd_tensor *bias, int stride, int padding, sd_tensor *out) {
-    (void)be;
-    const char *op = "conv2d";
+/* out = conv2d(x, w, bias) [+ res: (B, OC, OH, OW) or (B, OC, 1, 1)]; op names the caller */
+static sd_status conv2d_run(const sd_tensor *x, const sd_tensor *w, const sd_tensor *bias,
+                            int stride, int padding, const sd_tensor *res, sd_tensor *out,
+                            const char *op) {
     SD_TRY(need_f32(x, op, "x"));
     SD_TRY(need_ndim(x, 4, op, "x"));
     SD_TRY(need(w, op, "weight"));
@@ -204,30 +197,59 @@ static sd_status cpu_conv2d(const sd_backend *be, const sd_tensor *x, const sd_t
     int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     int64_t OC = w->shape[0], KH = w->shape[2], KW = w->shape[3];
     if (w->shape[1] != C)
-        return sd_fail(SD_ERR_INVALID, "conv2d: weight has %lld input channels, x has %lld",
+        return sd_fail(SD_ERR_INVALID, "%s: weight has %lld input channels, x has %lld", op,
                        (long long)w->shape[1], (long long)C);
     if (stride < 1 || padding < 0)
-        return sd_fail(SD_ERR_INVALID, "conv2d: stride must be >= 1 and padding >= 0");
+        return sd_fail(SD_ERR_INVALID, "%s: stride must be >= 1 and padding >= 0", op);
     if (H + 2 * padding < KH || W + 2 * padding < KW)
-        return sd_fail(SD_ERR_INVALID, "conv2d: kernel larger than the padded input");
+        return sd_fail(SD_ERR_INVALID, "%s: kernel larger than the padded input", op);
     if (bias)
         SD_TRY(need_vector(bias, OC, op, "bias"));
     SD_TRY(need_f32(out, op, "out"));
     int64_t OH = (H + 2 * padding - KH) / stride + 1, OW = (W + 2 * padding - KW) / stride + 1;
     if (out->ndim != 4 || out->shape[0] != B || out->shape[1] != OC || out->shape[2] != OH ||
         out->shape[3] != OW)
-        return sd_fail(SD_ERR_INVALID, "conv2d: argument 'out' must be (%lld, %lld, %lld, %lld)",
+        return sd_fail(SD_ERR_INVALID, "%s: argument 'out' must be (%lld, %lld, %lld, %lld)", op,
                        (long long)B, (long long)OC, (long long)OH, (long long)OW);
+    bool per_channel = false;
+    if (res) {
+        SD_TRY(need_f32(res, op, "res"));
+        SD_TRY(need_ndim(res, 4, op, "res"));
+        per_channel = res->shape[2] == 1 && res->shape[3] == 1;
+        if (res->shape[0] != B || res->shape[1] != OC ||
+            !(per_channel || (res->shape[2] == OH && res->shape[3] == OW)))
+            return sd_fail(SD_ERR_INVALID,
+                           "%s: argument 'res' must have shape (%lld, %lld, %lld, %lld) or "
+                           "(%lld, %lld, 1, 1)",
+                           op, (long long)B, (long long)OC, (long long)OH, (long long)OW,
+                           (long long)B, (long long)OC);
+    }
     const float *wd = NULL, *bd = NULL;
     float *wown, *bown = NULL;
     SD_TRY(weight_f32(w, &wd, &wown, op));
     sd_status s = bias ? weight_f32(bias, &bd, &bown, op) : SD_OK;
     if (s == SD_OK)
-        s = cpu_conv2d_f32(x->data, wd, bd, out->data, (int)B, (int)C, (int)H, (int)W, (int)OC,
-                           (int)KH, (int)KW, stride, padding);
+        s = cpu_conv2d_f32(x->data, wd, bd, res ? res->data : NULL, per_channel, out->data,
+                           (int)B, (int)C, (int)H, (int)W, (int)OC, (int)KH, (int)KW, stride,
+                           padding);
     free(wown);
     free(bown);
     return s;
+}
+
+static sd_status cpu_conv2d(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
+                            const sd_tensor *bias, int stride, int padding, sd_tensor *out) {
+    (void)be;
+    return conv2d_run(x, w, bias, stride, padding, NULL, out, "conv2d");
+}
+
+/* the GEMM accumulates onto res + bias (res may be out) */
+static sd_status cpu_conv2d_add(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
+                                const sd_tensor *bias, int stride, int padding,
+                                const sd_tensor *res, sd_tensor *out) {
+    (void)be;
+    SD_TRY(need(res, "conv2d_add", "res"));
+    return conv2d_run(x, w, bias, stride, padding, res, out, "conv2d_add");
 }
 
 /* gamma and beta of a norm over C channels, widened */
@@ -243,45 +265,6 @@ static sd_status norm_params(const sd_tensor *gamma, const sd_tensor *beta, int6
         free(*gown);
         *gown = NULL;
     }
-    return s;
-}
-
-/* conv2d into out, then + res (a per-channel res is added as (B, OC), which the
- * elementwise add broadcasts over the pixels) */
-static sd_status cpu_conv2d_add(const sd_backend *be, const sd_tensor *x, const sd_tensor *w,
-                                const sd_tensor *bias, int stride, int padding,
-                                const sd_tensor *res, sd_tensor *out) {
-    const char *op = "conv2d_add";
-    SD_TRY(need_f32(res, op, "res"));
-    SD_TRY(need_ndim(res, 4, op, "res"));
-    SD_TRY(need_f32(out, op, "out"));
-    SD_TRY(need_ndim(out, 4, op, "out"));
-    bool per_channel = res->shape[2] == 1 && res->shape[3] == 1;
-    if (res->shape[0] != out->shape[0] || res->shape[1] != out->shape[1] ||
-        !(per_channel || (res->shape[2] == out->shape[2] && res->shape[3] == out->shape[3])))
-        return sd_fail(SD_ERR_INVALID,
-                       "conv2d_add: argument 'res' must have shape (%lld, %lld, %lld, %lld) or "
-                       "(%lld, %lld, 1, 1)",
-                       (long long)out->shape[0], (long long)out->shape[1],
-                       (long long)out->shape[2], (long long)out->shape[3],
-                       (long long)out->shape[0], (long long)out->shape[1]);
-    sd_tensor r = *res;
-    if (per_channel && !(out->shape[2] == 1 && out->shape[3] == 1))
-        r = sd_tensor_view(res->data, res->dtype, res->device, 2,
-                           (const int64_t[]){res->shape[0], res->shape[1]});
-    if (res->data != out->data) {
-        SD_TRY(cpu_conv2d(be, x, w, bias, stride, padding, out));
-        return binary(out, &r, out, 0);
-    }
-    /* out += conv2d(x): the product goes through a temporary */
-    sd_tensor tmp = *out;
-    tmp.data = malloc(sd_nbytes(out));
-    if (!tmp.data)
-        return sd_fail(SD_ERR_NOMEM, "conv2d_add: cannot allocate %zu bytes", sd_nbytes(out));
-    sd_status s = cpu_conv2d(be, x, w, bias, stride, padding, &tmp);
-    if (s == SD_OK)
-        s = binary(out, &tmp, out, 0);
-    free(tmp.data);
     return s;
 }
 

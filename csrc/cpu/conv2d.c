@@ -39,8 +39,9 @@ static void im2col_rows(const float *x, float *col, int C, int H, int W, int KH,
     }
 }
 
-sd_status cpu_conv2d_f32(const float *x, const float *w, const float *bias, float *out, int B,
-                         int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
+sd_status cpu_conv2d_f32(const float *x, const float *w, const float *bias, const float *res,
+                         int res_per_channel, float *out, int B, int C, int H, int W, int OC,
+                         int KH, int KW, int stride, int pad) {
     int OH = (H + 2 * pad - KH) / stride + 1;
     int OW = (W + 2 * pad - KW) / stride + 1;
     int64_t S = (int64_t)OH * OW;
@@ -65,13 +66,24 @@ sd_status cpu_conv2d_f32(const float *x, const float *w, const float *bias, floa
     for (int b = 0; b < B; b++) {
         const float *xb = x + (int64_t)b * C * H * W;
         float *ob = out + (int64_t)b * OC * S;
-        if (bias) { /* the GEMM accumulates onto the bias */
+        /* the GEMM accumulates onto res + bias: out starts as them */
+        if (res && !res_per_channel) {
+            const float *rb = res + (int64_t)b * OC * S;
+            if (bias || rb != ob) {
 #pragma omp parallel for schedule(static)
-            for (int oc = 0; oc < OC; oc++)
+                for (int oc = 0; oc < OC; oc++)
+                    for (int64_t i = 0; i < S; i++)
+                        ob[oc * S + i] = rb[oc * S + i] + (bias ? bias[oc] : 0.0f);
+            }
+        } else if (res || bias) {
+#pragma omp parallel for schedule(static)
+            for (int oc = 0; oc < OC; oc++) {
+                float v = (res ? res[(int64_t)b * OC + oc] : 0.0f) + (bias ? bias[oc] : 0.0f);
                 for (int64_t i = 0; i < S; i++)
-                    ob[oc * S + i] = bias[oc];
+                    ob[oc * S + i] = v;
+            }
         }
-        float beta = bias ? 1.0f : 0.0f;
+        float beta = bias || res ? 1.0f : 0.0f;
         if (direct) {
             /* out (OC, S) = w (OC, C) @ x (C, S) */
             cpu_sgemm(0, OC, S, C, 1.0f, w, C, xb, S, beta, ob, S);

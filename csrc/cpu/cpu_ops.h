@@ -31,13 +31,16 @@ void cpu_sgemm_serial(int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
 void cpu_sgemm(int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *a,
                int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
-/* x (M, K), w (N, K), bias (N) or NULL -> out (M, N) */
-void cpu_linear_f32(const float *x, const float *w, const float *bias, float *out, int64_t M,
-                    int64_t K, int64_t N);
+/* x (M, K), w (N, K), bias (N) or NULL -> out (M, N) [+ res (M, N), which may be out] */
+void cpu_linear_f32(const float *x, const float *w, const float *bias, const float *res,
+                    float *out, int64_t M, int64_t K, int64_t N);
 
-/* x (B, C, H, W), w (OC, C, KH, KW), bias (OC) or NULL -> out (B, OC, OH, OW) */
-sd_status cpu_conv2d_f32(const float *x, const float *w, const float *bias, float *out, int B,
-                         int C, int H, int W, int OC, int KH, int KW, int stride, int pad);
+/* x (B, C, H, W), w (OC, C, KH, KW), bias (OC) or NULL -> out (B, OC, OH, OW)
+ * [+ res: (B, OC, OH, OW), or (B, OC) added to every pixel when res_per_channel; res may
+ * be out] */
+sd_status cpu_conv2d_f32(const float *x, const float *w, const float *bias, const float *res,
+                         int res_per_channel, float *out, int B, int C, int H, int W, int OC,
+                         int KH, int KW, int stride, int pad);
 
 /* x (B, C, S) with S the spatial size -> out (B, C, S); gamma, beta (C) */
 void cpu_group_norm_f32(const float *x, const float *gamma, const float *beta, float *out, int B,

@@ -60,16 +60,16 @@ void cpu_sgemm(int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const 
     }
 }
 
-void cpu_linear_f32(const float *x, const float *w, const float *bias, float *out, int64_t M,
-                    int64_t K, int64_t N) {
-    /* Start out as the broadcast bias and let the GEMM accumulate onto it (beta = 1):
-     * one pass over out instead of a second pass to add the bias. */
-    if (bias) {
+void cpu_linear_f32(const float *x, const float *w, const float *bias, const float *res,
+                    float *out, int64_t M, int64_t K, int64_t N) {
+    /* Start out as res + the broadcast bias and let the GEMM accumulate onto it (beta = 1):
+     * one pass over out instead of more passes to add them afterwards. */
+    if (bias || (res && res != out)) {
 #pragma omp parallel for schedule(static) if (M * N > 65536)
         for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < N; j++)
-                out[i * N + j] = bias[j];
+                out[i * N + j] = (res ? res[i * N + j] : 0.0f) + (bias ? bias[j] : 0.0f);
     }
-    /* out (M, N) = x (M, K) @ w^T, w stored (N, K) */
-    cpu_sgemm(1, M, N, K, 1.0f, x, K, w, K, bias ? 1.0f : 0.0f, out, N);
+    /* out (M, N) (+)= x (M, K) @ w^T, w stored (N, K) */
+    cpu_sgemm(1, M, N, K, 1.0f, x, K, w, K, bias || res ? 1.0f : 0.0f, out, N);
 }
