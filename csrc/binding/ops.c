@@ -174,6 +174,14 @@ static PyObject *unsupported(op_call *c) {
 
 /* ---------------------------------------------------------------- ops ---- */
 
+/* The output of a linear of inputs 0 (x) and 1 (weight): x's shape, weight's rows last. */
+static int linear_output(op_call *c) {
+    int64_t shape[SD_MAX_DIMS];
+    memcpy(shape, c->host[0].shape, sizeof shape);
+    shape[c->host[0].ndim - 1] = c->host[1].shape[0];
+    return call_output(c, c->host[0].ndim, shape);
+}
+
 static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "weight", "bias", "device", NULL};
@@ -184,10 +192,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
         call_begin(&c, "linear", device) < 0 || call_input(&c, x, "x", 0, 1, 4, 0) < 0 ||
         call_input(&c, w, "weight", 1, 2, 2, 0) < 0 || call_input(&c, b, "bias", 1, 1, 1, 1) < 0)
         return NULL;
-    int64_t shape[SD_MAX_DIMS];
-    memcpy(shape, c.host[0].shape, sizeof shape);
-    shape[c.host[0].ndim - 1] = c.host[1].shape[0];
-    if (call_output(&c, c.host[0].ndim, shape) < 0)
+    if (linear_output(&c) < 0)
         return NULL;
     RUN_OP(c, linear, c.be->linear(c.be, call_in(&c, 0), call_in(&c, 1), call_in(&c, 2),
                                    call_out(&c)));
@@ -205,10 +210,7 @@ static PyObject *py_linear_add(PyObject *self, PyObject *args, PyObject *kw) {
         call_input(&c, w, "weight", 1, 2, 2, 0) < 0 || call_input(&c, b, "bias", 1, 1, 1, 1) < 0 ||
         call_input(&c, res, "res", 0, 1, 4, 0) < 0)
         return NULL;
-    int64_t shape[SD_MAX_DIMS];
-    memcpy(shape, c.host[0].shape, sizeof shape);
-    shape[c.host[0].ndim - 1] = c.host[1].shape[0];
-    if (call_output(&c, c.host[0].ndim, shape) < 0)
+    if (linear_output(&c) < 0)
         return NULL;
     RUN_OP(c, linear_add, c.be->linear_add(c.be, call_in(&c, 0), call_in(&c, 1), call_in(&c, 2),
                                            call_in(&c, 3), call_out(&c)));
