@@ -41,6 +41,28 @@ sd_status sd_arena_set_dtype(sd_arena *a, sd_dtype dtype, const char *model) {
     return SD_OK;
 }
 
+/* A backend buffer of `bytes` (a multiple of SD_ARENA_ALIGN). */
+static sd_status buffer_alloc(const sd_backend *be, size_t bytes, void **out) {
+    sd_tensor t = sd_tensor_view(NULL, SD_F32, be->device, 1,
+                                 (const int64_t[]){(int64_t)(bytes / sizeof(float))});
+    SD_TRY(be->alloc(be, &t));
+    *out = t.data;
+    return SD_OK;
+}
+
+static void buffer_free(const sd_backend *be, void *data) {
+    if (!data)
+        return;
+    sd_tensor t = {.data = data, .device = be->device};
+    be->free(be, &t);
+}
+
+static void free_spills(sd_arena_pool *p) {
+    for (int i = 0; i < p->spill_count; i++)
+        buffer_free(p->be, p->spill[i]);
+    p->spill_count = 0;
+}
+
 void sd_arena_free(sd_arena *a) {
     sd_arena_pool *p = a->pool;
     if (!p) {
@@ -51,12 +73,9 @@ void sd_arena_free(sd_arena *a) {
     if (shared)
         pthread_mutex_lock(&device_pool_lock);
     if (--p->users == 0) {
-        for (int i = 0; i < p->count; i++) {
-            sd_tensor t = {.data = p->slots[i].data, .device = p->be->device};
-            if (t.data)
-                p->be->free(p->be, &t);
-        }
-        free(p->slots);
+        free_spills(p);
+        free(p->spill);
+        buffer_free(p->be, p->base);
         uint64_t epoch = p->epoch; /* kept: a later arena must not see an old epoch again */
         memset(p, 0, sizeof *p);
         p->epoch = epoch + 1;
@@ -66,39 +85,56 @@ void sd_arena_free(sd_arena *a) {
     memset(a, 0, sizeof *a);
 }
 
-void sd_arena_reset(sd_arena *a) { a->next = 0; }
+sd_status sd_arena_reset(sd_arena *a) {
+    sd_arena_pool *p = a->pool;
+    a->top = 0;
+    if (p->deepest <= p->capacity && p->spill_count == 0)
+        return SD_OK;
+    /* the last runs went deeper than the buffer: one buffer of the deepest size instead
+     * (the backend's free waits for queued work first) */
+    free_spills(p);
+    buffer_free(p->be, p->base);
+    p->base = NULL;
+    p->capacity = 0;
+    p->epoch++;
+    SD_TRY(buffer_alloc(p->be, p->deepest, &p->base));
+    p->capacity = p->deepest;
+    return SD_OK;
+}
 
 sd_status sd_arena_tensor(sd_arena *a, sd_tensor *t, sd_dtype dtype, int ndim,
                           const int64_t *shape) {
     sd_arena_pool *p = a->pool;
-    if (a->next == p->cap) {
-        int ncap = p->cap ? p->cap * 2 : 64;
-        sd_arena_slot *n = realloc(p->slots, sizeof(sd_arena_slot) * (size_t)ncap);
-        if (!n)
-            return sd_fail(SD_ERR_NOMEM, "cannot grow the activation arena");
-        memset(n + p->cap, 0, sizeof(sd_arena_slot) * (size_t)(ncap - p->cap));
-        p->slots = n;
-        p->cap = ncap;
-    }
     *t = sd_tensor_view(NULL, dtype, a->be->device, ndim, shape);
-    size_t need = sd_nbytes(t);
-    sd_arena_slot *slot = &p->slots[a->next];
-    if (slot->capacity < need) {
-        sd_tensor old = {.data = slot->data, .device = a->be->device};
-        if (old.data)
-            a->be->free(a->be, &old);
-        slot->data = NULL;
-        slot->capacity = 0;
-        sd_tensor fresh = *t;
-        SD_TRY(a->be->alloc(a->be, &fresh));
-        slot->data = fresh.data;
-        slot->capacity = need;
-        p->epoch++;
+    size_t need = (sd_nbytes(t) + SD_ARENA_ALIGN - 1) / SD_ARENA_ALIGN * SD_ARENA_ALIGN;
+    if (need == 0)
+        need = SD_ARENA_ALIGN;
+    size_t at = a->top;
+    a->top += need;
+    if (a->top > p->deepest)
+        p->deepest = a->top;
+    if (a->top <= p->capacity) {
+        t->data = (char *)p->base + at;
+        return SD_OK;
     }
-    t->data = slot->data;
-    a->next++;
-    if (a->next > p->count)
-        p->count = a->next;
+    /* planning: a buffer of its own until the next reset makes room for the whole stack */
+    if (p->spill_count == p->spill_cap) {
+        int ncap = p->spill_cap ? p->spill_cap * 2 : 64;
+        void **n = realloc(p->spill, sizeof(void *) * (size_t)ncap);
+        if (!n) {
+            a->top = at;
+            return sd_fail(SD_ERR_NOMEM, "cannot grow the activation arena");
+        }
+        p->spill = n;
+        p->spill_cap = ncap;
+    }
+    sd_status s = buffer_alloc(p->be, need, &t->data);
+    if (s != SD_OK) {
+        a->top = at;
+        return s;
+    }
+    p->spill[p->spill_count++] = t->data;
+    p->epoch++;
     return SD_OK;
 }
 
@@ -109,8 +145,6 @@ sd_status sd_arena_act(sd_arena *a, sd_tensor *t, int ndim, int64_t d0, int64_t 
 }
 
 size_t sd_arena_bytes(const sd_arena *a) {
-    size_t total = 0;
-    for (int i = 0; i < a->pool->count; i++)
-        total += a->pool->slots[i].capacity;
-    return total;
+    const sd_arena_pool *p = a->pool;
+    return p->deepest > p->capacity ? p->deepest : p->capacity;
 }

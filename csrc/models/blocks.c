@@ -45,14 +45,14 @@ sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
                                   const sd_resnet_block *rb, const sd_tensor *x,
                                   const sd_tensor *temb_silu, sd_tensor *out) {
     int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
-    int mark = sd_arena_mark(arena);
+    size_t mark = sd_arena_mark(arena);
     sd_tensor a, h;
     sd_status s;
-    /* Two full-size temporaries at most: h lives through the block; the slot after it
+    /* Two full-size temporaries at most: h lives through the block; the space after it
      * holds a, then the shortcut (a is dead by then), and a small one t. */
     if ((s = sd_arena_act(arena, &h, 4, B, rb->out_ch, H, W)))
         goto done;
-    int inner = sd_arena_mark(arena);
+    size_t inner = sd_arena_mark(arena);
     /* a (B, in, H, W) = silu(norm1(x)) */
     if ((s = sd_arena_act(arena, &a, 4, B, rb->in_ch, H, W)) ||
         (s = be->group_norm(be, x, rb->norm1_w, rb->norm1_b, rb->groups, rb->eps, 1, &a)))

@@ -113,7 +113,7 @@ static sd_status attention_block(sd_clip *m, const clip_layer *l, sd_tensor *h, 
     const sd_backend *be = m->be;
     sd_arena *a = &m->arena;
     int C = m->cfg.hidden_size;
-    int mark = sd_arena_mark(a);
+    size_t mark = sd_arena_mark(a);
     sd_tensor x, q, k, v, o;
     sd_status s;
     if ((s = sd_arena_act(a, &x, 3, B, T, C, 1)) || (s = sd_arena_act(a, &q, 3, B, T, C, 1)) ||
@@ -136,7 +136,7 @@ static sd_status mlp_block(sd_clip *m, const clip_layer *l, sd_tensor *h, int B,
     const sd_backend *be = m->be;
     sd_arena *a = &m->arena;
     int C = m->cfg.hidden_size, F = m->cfg.intermediate_size;
-    int mark = sd_arena_mark(a);
+    size_t mark = sd_arena_mark(a);
     sd_tensor x, f, y;
     sd_status s;
     if ((s = sd_arena_act(a, &x, 3, B, T, C, 1)) || (s = sd_arena_act(a, &f, 3, B, T, F, 1)) ||
@@ -163,7 +163,7 @@ sd_status sd_clip_forward(sd_clip *m, const int32_t *ids, int B, int T, int clip
                        clip_skip);
     if (out->ndim != 3 || out->shape[0] != B || out->shape[1] != T || out->shape[2] != C)
         return sd_fail(SD_ERR_INVALID, "text encoder: 'out' must be (%d, %d, %d)", B, T, C);
-    sd_arena_reset(&m->arena);
+    SD_TRY(sd_arena_reset(&m->arena));
     sd_tensor h, pos;
     /* h (B, T, C) = token_embedding[ids] + position_embedding[0:T] */
     SD_TRY(sd_arena_act(&m->arena, &h, 3, B, T, C, 1));

@@ -125,7 +125,7 @@ static sd_status attention_forward(const sd_backend *be, sd_arena *arena,
                                    const sd_attention_weights *a, int heads, const sd_tensor *x,
                                    const sd_tensor *kv, sd_tensor *h) {
     int64_t B = x->shape[0], T = x->shape[1], C = x->shape[2], Tk = kv->shape[1];
-    int mark = sd_arena_mark(arena);
+    size_t mark = sd_arena_mark(arena);
     sd_tensor q, k, v, o;
     sd_status s = SD_OK;
     CHECK(sd_arena_act(arena, &q, 3, B, T, C, 1));
@@ -148,7 +148,7 @@ static sd_status transformer_block_forward(const sd_backend *be, sd_arena *arena
                                            sd_tensor *h, const sd_tensor *context) {
     int64_t B = h->shape[0], T = h->shape[1], C = h->shape[2];
     float eps = TRANSFORMER_LAYER_NORM_EPS;
-    int mark = sd_arena_mark(arena);
+    size_t mark = sd_arena_mark(arena);
     sd_tensor n, g, f;
     sd_status s = SD_OK;
     CHECK(sd_arena_act(arena, &n, 3, B, T, C, 1));
@@ -186,7 +186,7 @@ sd_status sd_transformer2d_forward(const sd_backend *be, sd_arena *arena,
     if (context->ndim != 3 || context->shape[0] != B || context->shape[2] != t->context_dim)
         return sd_fail(SD_ERR_INVALID, "transformer: context must be (%lld, T, %d)",
                        (long long)B, t->context_dim);
-    int mark = sd_arena_mark(arena);
+    size_t mark = sd_arena_mark(arena);
     sd_tensor a, b, tok;
     sd_status s = SD_OK;
     CHECK(sd_arena_act(arena, &a, 4, B, C, H, W));

@@ -337,7 +337,7 @@ typedef struct {
 
 /* h (B, in, H, W) -> h (B, out, H/2, W/2) or (B, out, H, W) in the last block.
  * Every output (after each resnet+attention, and after the downsampler) gets its own
- * arena slot and is pushed: the slots stay live until the up blocks have used them. */
+ * arena tensor and is pushed: they stay live until the up blocks have used them. */
 static sd_status down_block_forward(const unet_run *r, const unet_block *blk, sd_tensor *h,
                                     skip_stack *skips) {
     const sd_backend *be = r->be;
@@ -395,7 +395,7 @@ static sd_status up_block_forward(const unet_run *r, const unet_block *blk, sd_t
         sd_tensor skip, cat;
         SD_TRY(skip_pop(skips, &skip));
         sd_tensor y = image_view(pp_next(pp), B, blk->out_ch, H, W);
-        int mark = sd_arena_mark(r->arena);
+        size_t mark = sd_arena_mark(r->arena);
         CHECK(sd_arena_act(r->arena, &cat, 4, B, h->shape[1] + skip.shape[1], H, W));
         CHECK(be->concat_channels(be, h, &skip, &cat)); // (B, h + skip, H, W)
         CHECK(sd_resnet_block_forward(be, r->arena, &blk->resnets[j], &cat, r->temb_silu, &y));
@@ -409,7 +409,7 @@ static sd_status up_block_forward(const unet_run *r, const unet_block *blk, sd_t
     if (blk->sampler_w) {
         sd_tensor up;
         sd_tensor y = image_view(pp_next(pp), B, blk->out_ch, 2 * H, 2 * W);
-        int mark = sd_arena_mark(r->arena);
+        size_t mark = sd_arena_mark(r->arena);
         CHECK(sd_arena_act(r->arena, &up, 4, B, blk->out_ch, 2 * H, 2 * W));
         CHECK(be->upsample_nearest2x(be, h, &up));                          // (B, out, 2H, 2W)
         CHECK(be->conv2d(be, &up, blk->sampler_w, blk->sampler_b, 1, 1, &y)); // (B, out, 2H, 2W)
@@ -487,9 +487,9 @@ static sd_status time_embedding_forward(sd_unet *m, const sd_tensor *t, int64_t 
     return be->silu(be, &temb, temb_silu);
 }
 
-/* The timesteps' slot, always the arena's first: the recorded graph reads it there. */
+/* The timesteps' tensor, always the arena's first: the recorded graph reads it there. */
 static sd_status timesteps_upload(sd_unet *m, const float *timesteps, int64_t B, sd_tensor *t) {
-    sd_arena_reset(&m->arena);
+    SD_TRY(sd_arena_reset(&m->arena));
     /* f32 even when the activations are f16: 999 is exact in f16, 999.5 is not */
     SD_TRY(sd_arena_tensor(&m->arena, t, SD_F32, 1, (const int64_t[]){B}));
     return m->be->upload(m->be, t, timesteps);
@@ -610,7 +610,7 @@ static sd_status graph_entry(sd_unet *m, const sd_tensor *sample, const sd_tenso
     return SD_OK;
 }
 
-/* Record the step into g (inputs already in its buffers, timesteps in slot 0). */
+/* Record the step into g (inputs already in its buffers, timesteps first in the arena). */
 static sd_status graph_record(sd_unet *m, unet_graph *g, const sd_tensor *t) {
     const sd_backend *be = m->be;
     uint64_t epoch = sd_arena_epoch(&m->arena);
@@ -643,9 +643,10 @@ sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *time
         SD_TRY(timesteps_upload(m, timesteps, B, &t));
         return forward_body(m, sample, &t, context, out);
     }
+    /* the upload resets the arena, which may move its buffer: check the graph after it */
+    SD_TRY(timesteps_upload(m, timesteps, B, &t));
     if (g->graph && (g->arena_epoch != sd_arena_epoch(&m->arena) || !be->graph_valid(be, g->graph)))
         graph_drop(m, g); /* buffers moved since it was recorded */
-    SD_TRY(timesteps_upload(m, timesteps, B, &t));
     SD_TRY(be->copy(be, &g->sample, sample));
     SD_TRY(be->copy(be, &g->context, context));
     if (!g->graph) {

@@ -291,7 +291,7 @@ static sd_status attention_forward(sd_vae *v, const vae_attention *a, const sd_t
     const sd_backend *be = v->be;
     sd_arena *ar = &v->arena;
     int64_t C = x->shape[1], S = x->shape[2] * x->shape[3];
-    int mark = sd_arena_mark(ar);
+    size_t mark = sd_arena_mark(ar);
     sd_tensor n, tok, q, k, val, o;
     sd_status s;
     CHECK(sd_arena_act(ar, &n, 4, 1, C, x->shape[2], x->shape[3]));
@@ -377,7 +377,7 @@ static sd_status decode_one(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
     const vae_coder *d = &v->dec;
     int n = c->num_blocks;
     int64_t h = z->shape[2], w = z->shape[3];
-    int mark = sd_arena_mark(&v->arena);
+    size_t mark = sd_arena_mark(&v->arena);
     rotation r;
     sd_status s;
     sd_tensor z_act, image_act;
@@ -459,7 +459,7 @@ static sd_status encode_one(sd_vae *v, const sd_tensor *img, sd_tensor *mean, sd
     const vae_coder *e = &v->enc;
     int n = c->num_blocks;
     int64_t H = img->shape[2], W = img->shape[3];
-    int mark = sd_arena_mark(&v->arena);
+    size_t mark = sd_arena_mark(&v->arena);
     rotation r;
     sd_status s;
     sd_tensor img_act;
@@ -544,7 +544,7 @@ sd_status sd_vae_decode(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
         return sd_fail(SD_ERR_INVALID, "VAE decode: image must be (%lld, %d, %lld, %lld)",
                        (long long)z->shape[0], c->out_channels, (long long)(z->shape[2] * f),
                        (long long)(z->shape[3] * f));
-    sd_arena_reset(&v->arena);
+    SD_TRY(sd_arena_reset(&v->arena));
     for (int64_t i = 0; i < z->shape[0]; i++) {
         sd_tensor zi = image_slice(z, i), oi = image_slice(image, i);
         SD_TRY(decode_one(v, &zi, &oi));
@@ -583,7 +583,7 @@ sd_status sd_vae_encode_moments(sd_vae *v, const sd_tensor *image, sd_tensor *me
     SD_TRY(check_latent_out(mean, image, c->latent_channels, f, "mean"));
     if (logvar)
         SD_TRY(check_latent_out(logvar, image, c->latent_channels, f, "logvar"));
-    sd_arena_reset(&v->arena);
+    SD_TRY(sd_arena_reset(&v->arena));
     for (int64_t i = 0; i < image->shape[0]; i++) {
         sd_tensor xi = image_slice(image, i), mi = image_slice(mean, i), li;
         if (logvar)
