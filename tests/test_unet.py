@@ -302,3 +302,20 @@ def test_sd15_config(rng, capsys):
     del ours_model, ref_model
     gc.collect()
     assert err <= REL_MAX_SD15, f"relative max error {err:.3g}"
+
+
+def test_arena_planned_per_shape(rng):
+    """Activation memory is planned before each run: it grows for a larger shape, keeps
+    its size for a smaller one, and a shape run again gives the same numbers."""
+    model = our_model(reference_model(TWO_LEVEL, int(rng.integers(2**31))))
+    big = inputs(rng, TWO_LEVEL, 2, 16, 16)
+    first = model.forward(*big)
+    size = model.activation_bytes
+    assert size > 0
+    model.forward(*inputs(rng, TWO_LEVEL, 1, 8, 8))
+    assert model.activation_bytes == size
+    again = model.forward(*big)
+    assert np.array_equal(first, again)
+    model.forward(*inputs(rng, TWO_LEVEL, 2, 32, 16))
+    assert model.activation_bytes > size
+    assert np.array_equal(model.forward(*big), first)

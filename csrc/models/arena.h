@@ -6,11 +6,13 @@
  * backend buffer by bumping an offset, so its size is the deepest the stack gets, not
  * the sum of all temporaries.
  *
- * Planning: while the buffer is too small (the first run of a shape), a request that
- * does not fit gets a buffer of its own and the arena notes how deep the stack went.
- * The next run's reset frees those and the old buffer and allocates one buffer of the
- * deepest size seen. After that no allocation happens and every tensor lands at the
- * same address, which is what lets the CUDA backend capture a whole step in a graph.
+ * Planning: before a run, the model walks its forward pass in planning mode (plan.h),
+ * where requests hand out no memory and only record how deep the stack goes; the reset
+ * that starts the real run then replaces the buffer with one of the deepest size seen,
+ * if it is not that big already. After that no allocation happens and every tensor
+ * lands at the same address, which is what lets the CUDA backend capture a whole step
+ * in a graph. Should a run still go deeper than its plan, a request that does not fit
+ * gets a buffer of its own until the next reset.
  *
  * The buffer itself belongs to a pool. On the CPU each arena has its own. On a GPU
  * every model's arena shares the device's one pool: the text encoder, the UNet and the
@@ -43,7 +45,8 @@ typedef struct {
     sd_dtype dtype; /* of the activations sd_arena_act gives: f32 unless the model says */
     sd_arena_pool *pool; /* &own, or the device's shared pool */
     sd_arena_pool own;
-    size_t top; /* bytes in use: the offset of the next request */
+    size_t top;   /* bytes in use: the offset of the next request */
+    int planning; /* requests only move `top` (see plan.h) */
 } sd_arena;
 
 /* Attaches the arena to its pool; the arena must not move in memory afterwards. */
@@ -65,6 +68,17 @@ sd_status sd_arena_tensor(sd_arena *a, sd_tensor *t, sd_dtype dtype, int ndim,
 /* An activation (the arena's dtype), up to 4 dims inline: sd_arena_act(a, &t, 4, B, C, H, W). */
 sd_status sd_arena_act(sd_arena *a, sd_tensor *t, int ndim, int64_t d0, int64_t d1, int64_t d2,
                        int64_t d3);
+/* Planning mode: from begin to end, requests give placeholder addresses that must not be
+ * touched and only move the stack offset; the deepest stack is recorded for the next
+ * reset. */
+static inline void sd_arena_plan_begin(sd_arena *a) {
+    a->top = 0;
+    a->planning = 1;
+}
+static inline void sd_arena_plan_end(sd_arena *a) {
+    a->top = 0;
+    a->planning = 0;
+}
 static inline size_t sd_arena_mark(const sd_arena *a) { return a->top; }
 static inline void sd_arena_release(sd_arena *a, size_t mark) { a->top = mark; }
 /* Bytes the arena's pool holds once planned: its buffer, or the deepest stack seen when

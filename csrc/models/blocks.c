@@ -44,7 +44,27 @@ sd_status sd_resnet_block_load(const sd_weights *w, const char *prefix, int in_c
 sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
                                   const sd_resnet_block *rb, const sd_tensor *x,
                                   const sd_tensor *temb_silu, sd_tensor *out) {
+    return sd_resnet_block_forward_scratch(be, arena, rb, x, temb_silu, NULL, out);
+}
+
+/* a temporary (B, C, H, W): in the scratch buffer when there is one, else the arena's */
+static sd_status block_temp(sd_arena *arena, const sd_tensor *scratch, int64_t B, int64_t C,
+                            int64_t H, int64_t W, sd_tensor *t) {
+    if (!scratch)
+        return sd_arena_act(arena, t, 4, B, C, H, W);
+    *t = sd_tensor_view(scratch->data, arena->dtype, scratch->device, 4,
+                        (const int64_t[]){B, C, H, W});
+    return SD_OK;
+}
+
+sd_status sd_resnet_block_forward_scratch(const sd_backend *be, sd_arena *arena,
+                                          const sd_resnet_block *rb, const sd_tensor *x,
+                                          const sd_tensor *temb_silu, const sd_tensor *scratch,
+                                          sd_tensor *out) {
     int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+    int64_t widest = rb->in_ch > rb->out_ch ? rb->in_ch : rb->out_ch;
+    if (scratch && (scratch->dtype != arena->dtype || sd_numel(scratch) < B * widest * H * W))
+        return sd_fail(SD_ERR_INVALID, "resnet block: the scratch buffer is too small");
     size_t mark = sd_arena_mark(arena);
     sd_tensor a, h;
     sd_status s;
@@ -54,7 +74,7 @@ sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
         goto done;
     size_t inner = sd_arena_mark(arena);
     /* a (B, in, H, W) = silu(norm1(x)) */
-    if ((s = sd_arena_act(arena, &a, 4, B, rb->in_ch, H, W)) ||
+    if ((s = block_temp(arena, scratch, B, rb->in_ch, H, W, &a)) ||
         (s = be->group_norm(be, x, rb->norm1_w, rb->norm1_b, rb->groups, rb->eps, 1, &a)))
         goto done;
     /* t (B, out) = time_emb_proj(silu(temb)), added to every pixel of its channel: it
@@ -80,7 +100,7 @@ sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
         goto done;
     if (rb->short_w) {
         sd_tensor sc;
-        if ((s = sd_arena_act(arena, &sc, 4, B, rb->out_ch, H, W)) ||
+        if ((s = block_temp(arena, scratch, B, rb->out_ch, H, W, &sc)) ||
             (s = be->conv2d(be, x, rb->short_w, rb->short_b, 1, 0, &sc)) ||
             (s = be->conv2d_add(be, &h, rb->conv2_w, rb->conv2_b, 1, 1, &sc, out)))
             goto done;

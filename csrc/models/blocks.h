@@ -35,5 +35,13 @@ sd_status sd_resnet_block_load(const sd_weights *w, const char *prefix, int in_c
 sd_status sd_resnet_block_forward(const sd_backend *be, sd_arena *arena,
                                   const sd_resnet_block *rb, const sd_tensor *x,
                                   const sd_tensor *temb_silu, sd_tensor *out);
+/* The same with a caller's free buffer for the block's largest temporaries (the normed
+ * input, then the shortcut): `scratch` holds at least B * max(in_ch, out_ch) * H * W
+ * activations and overlaps none of x, temb_silu and out. The VAE passes the rotation
+ * buffer its blocks leave free, so its 512x512 blocks take no arena memory for them. */
+sd_status sd_resnet_block_forward_scratch(const sd_backend *be, sd_arena *arena,
+                                          const sd_resnet_block *rb, const sd_tensor *x,
+                                          const sd_tensor *temb_silu, const sd_tensor *scratch,
+                                          sd_tensor *out);
 
 #endif

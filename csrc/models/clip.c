@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "arena.h"
+#include "plan.h"
 #include "blocks.h"
 #include "clip.h"
 
@@ -151,6 +152,9 @@ done:
     return s;
 }
 
+static sd_status forward_body(sd_clip *m, const int32_t *ids, int B, int T, int clip_skip,
+                              sd_tensor *out);
+
 sd_status sd_clip_forward(sd_clip *m, const int32_t *ids, int B, int T, int clip_skip,
                           sd_tensor *out) {
     const sd_backend *be = m->be;
@@ -163,7 +167,23 @@ sd_status sd_clip_forward(sd_clip *m, const int32_t *ids, int B, int T, int clip
                        clip_skip);
     if (out->ndim != 3 || out->shape[0] != B || out->shape[1] != T || out->shape[2] != C)
         return sd_fail(SD_ERR_INVALID, "text encoder: 'out' must be (%d, %d, %d)", B, T, C);
+    /* walk the pass with the planning backend first, so the arena is sized before the
+     * real run takes its first tensor (plan.h) */
+    m->be = sd_plan_backend(be);
+    sd_arena_plan_begin(&m->arena);
+    sd_status s = forward_body(m, ids, B, T, clip_skip, out);
+    sd_arena_plan_end(&m->arena);
+    m->be = be;
+    SD_TRY(s);
     SD_TRY(sd_arena_reset(&m->arena));
+    return forward_body(m, ids, B, T, clip_skip, out);
+}
+
+/* After the checks: the pass itself, on m->be. */
+static sd_status forward_body(sd_clip *m, const int32_t *ids, int B, int T, int clip_skip,
+                              sd_tensor *out) {
+    const sd_backend *be = m->be;
+    int C = m->cfg.hidden_size, L = m->cfg.num_hidden_layers;
     sd_tensor h, pos;
     /* h (B, T, C) = token_embedding[ids] + position_embedding[0:T] */
     SD_TRY(sd_arena_act(&m->arena, &h, 3, B, T, C, 1));

@@ -6,6 +6,7 @@
 
 #include "arena.h"
 #include "blocks.h"
+#include "plan.h"
 #include "transformer.h"
 #include "unet.h"
 
@@ -630,11 +631,29 @@ static sd_status graph_record(sd_unet *m, unet_graph *g, const sd_tensor *t) {
     return SD_OK;
 }
 
+/* Walks the step with the planning backend, as the real run will take its tensors
+ * (timesteps first): sizes the arena for these shapes before anything runs (plan.h). */
+static sd_status plan(sd_unet *m, const sd_tensor *sample, const sd_tensor *context,
+                      sd_tensor *out) {
+    const sd_backend *be = m->be;
+    sd_tensor t;
+    m->be = sd_plan_backend(be);
+    sd_arena_plan_begin(&m->arena);
+    sd_status s =
+        sd_arena_tensor(&m->arena, &t, SD_F32, 1, (const int64_t[]){sample->shape[0]});
+    if (s == SD_OK)
+        s = forward_body(m, sample, &t, context, out);
+    sd_arena_plan_end(&m->arena);
+    m->be = be;
+    return s;
+}
+
 sd_status sd_unet_forward(sd_unet *m, const sd_tensor *sample, const float *timesteps,
                           const sd_tensor *context, sd_tensor *out) {
     SD_TRY(forward_check(m, sample, timesteps, context, out));
     const sd_backend *be = m->be;
     int64_t B = sample->shape[0];
+    SD_TRY(plan(m, sample, context, out));
     sd_tensor t;
     unet_graph *g = NULL;
     if (m->use_graphs && be->graph_begin)

@@ -5,6 +5,7 @@
 
 #include "arena.h"
 #include "blocks.h"
+#include "plan.h"
 #include "vae.h"
 
 #define VAE_EPS 1e-6f /* every norm of diffusers' VAE uses this */
@@ -329,7 +330,8 @@ static sd_status mid_forward(sd_vae *v, const vae_mid *m, const sd_tensor *x, sd
 }
 
 /* Three activation buffers, each as large as the largest activation of one image;
- * every stage reads one and writes another. */
+ * every stage reads one and writes another, and a resnet block keeps its own largest
+ * temporaries in the third. */
 typedef struct {
     sd_tensor buf[3];
     int cur; /* the buffer holding the current activation */
@@ -399,9 +401,11 @@ static sd_status decode_one(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
         int64_t out_c = c->block_out_channels[n - 1 - i];
         for (int j = 0; j < b->n_res; j++) {
             sd_tensor *dst = next_buf(&r, -1);
+            sd_tensor *spare = &r.buf[3 - r.cur - index_of(&r, dst)]; /* the third one */
             sd_tensor in = view4(&r.buf[r.cur], b->res[j].in_ch, h, w);
             sd_tensor out = view4(dst, out_c, h, w);
-            CHECK(sd_resnet_block_forward(be, &v->arena, &b->res[j], &in, NULL, &out));
+            CHECK(sd_resnet_block_forward_scratch(be, &v->arena, &b->res[j], &in, NULL, spare,
+                                                  &out));
             r.cur = index_of(&r, dst);
         }
         if (b->resample_w) { /* nearest 2x, then a 3x3 conv */
@@ -475,9 +479,11 @@ static sd_status encode_one(sd_vae *v, const sd_tensor *img, sd_tensor *mean, sd
         int64_t out_c = c->block_out_channels[i];
         for (int j = 0; j < b->n_res; j++) {
             sd_tensor *dst = next_buf(&r, -1);
+            sd_tensor *spare = &r.buf[3 - r.cur - index_of(&r, dst)]; /* the third one */
             sd_tensor in = view4(&r.buf[r.cur], b->res[j].in_ch, H, W);
             sd_tensor out = view4(dst, out_c, H, W);
-            CHECK(sd_resnet_block_forward(be, &v->arena, &b->res[j], &in, NULL, &out));
+            CHECK(sd_resnet_block_forward_scratch(be, &v->arena, &b->res[j], &in, NULL, spare,
+                                                  &out));
             r.cur = index_of(&r, dst);
         }
         if (b->resample_w) { /* zero-pad bottom and right by one, then 3x3 stride 2 */
@@ -544,6 +550,15 @@ sd_status sd_vae_decode(sd_vae *v, const sd_tensor *z, sd_tensor *image) {
         return sd_fail(SD_ERR_INVALID, "VAE decode: image must be (%lld, %d, %lld, %lld)",
                        (long long)z->shape[0], c->out_channels, (long long)(z->shape[2] * f),
                        (long long)(z->shape[3] * f));
+    /* every image takes the same stack: plan one (plan.h), then run them all */
+    sd_tensor z0 = image_slice(z, 0), o0 = image_slice(image, 0);
+    const sd_backend *be = v->be;
+    v->be = sd_plan_backend(be);
+    sd_arena_plan_begin(&v->arena);
+    sd_status s = decode_one(v, &z0, &o0);
+    sd_arena_plan_end(&v->arena);
+    v->be = be;
+    SD_TRY(s);
     SD_TRY(sd_arena_reset(&v->arena));
     for (int64_t i = 0; i < z->shape[0]; i++) {
         sd_tensor zi = image_slice(z, i), oi = image_slice(image, i);
@@ -583,6 +598,16 @@ sd_status sd_vae_encode_moments(sd_vae *v, const sd_tensor *image, sd_tensor *me
     SD_TRY(check_latent_out(mean, image, c->latent_channels, f, "mean"));
     if (logvar)
         SD_TRY(check_latent_out(logvar, image, c->latent_channels, f, "logvar"));
+    sd_tensor x0 = image_slice(image, 0), m0 = image_slice(mean, 0), l0;
+    if (logvar)
+        l0 = image_slice(logvar, 0);
+    const sd_backend *be = v->be;
+    v->be = sd_plan_backend(be);
+    sd_arena_plan_begin(&v->arena);
+    sd_status s = encode_one(v, &x0, &m0, logvar ? &l0 : NULL);
+    sd_arena_plan_end(&v->arena);
+    v->be = be;
+    SD_TRY(s);
     SD_TRY(sd_arena_reset(&v->arena));
     for (int64_t i = 0; i < image->shape[0]; i++) {
         sd_tensor xi = image_slice(image, i), mi = image_slice(mean, i), li;
