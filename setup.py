@@ -32,6 +32,13 @@ def cuda_mode():
     return mode
 
 
+# C headers under csrc/ that kernel files include
+CUDA_SHARED_HEADERS = ["sdcore.h", "cuda_abi.h", "sampling/sampler_ops.h"]
+# Flags for one kernel file. sampler.cu runs the CPU samplers' expressions and must round
+# as the CPU does: no fused multiply-add.
+CUDA_FILE_FLAGS = {"sampler.cu": ["-fmad=false"]}
+
+
 def find_nvcc():
     for var in ("CUDA_HOME", "CUDA_PATH"):
         home = os.environ.get(var)
@@ -124,16 +131,16 @@ class BuildExt(build_ext):
         ).split()
         flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden"]
         flags += ["-I", os.path.join(ROOT, "csrc"), "-I", os.path.join(ROOT, "kernels"), "-I", inc]
+        # headers every kernel file may include: a change rebuilds them all
+        headers = glob.glob(os.path.join(ROOT, "kernels", "*.cuh"))
+        headers += [os.path.join(ROOT, "csrc", h) for h in CUDA_SHARED_HEADERS]
         objects, commands = [], []
         for src in sorted(glob.glob(os.path.join(ROOT, "kernels", "*.cu"))):
             obj = os.path.join(obj_dir, os.path.basename(src) + ".o")
             objects.append(obj)
-            if (
-                self.force
-                or newer(src, obj)
-                or any(newer(h, obj) for h in glob.glob(os.path.join(ROOT, "kernels", "*.cuh")))
-            ):
-                commands.append([nvcc, *flags, *arch, "-c", src, "-o", obj])
+            if self.force or newer(src, obj) or any(newer(h, obj) for h in headers):
+                extra = CUDA_FILE_FLAGS.get(os.path.basename(src), [])
+                commands.append([nvcc, *flags, *extra, *arch, "-c", src, "-o", obj])
         # one nvcc per file, as many at once as there are cores: the kernels files
         # instantiate many templates and each takes a while
         for cmd in commands:

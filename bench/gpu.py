@@ -11,9 +11,10 @@ each, then peak device memory. GPU times are wall clock around synchronised call
 of --repeat after a warm-up. diffusers' generation gets its prompt embeddings from the
 same text encoder (it has no tokenizer here); its time includes that encode.
 
-Memory: sdcore's is device memory in use after its runs less before (cudaMemGetInfo):
-sdcore never frees during a run, so this is its peak. diffusers': PyTorch's peak reserved
-memory (torch.cuda.max_memory_reserved), its allocator's high-water mark.
+Memory: sdcore's is the most device memory in use (cudaMemGetInfo) less what was in use
+before it started, sampled after every one of its allocations (its use only grows at
+those) and at the end. diffusers': PyTorch's peak reserved memory
+(torch.cuda.max_memory_reserved), its allocator's high-water mark.
 """
 
 import argparse
@@ -108,7 +109,8 @@ def build_models(folder):
 def bench_sdcore(folder, args, inputs):
     sample, timesteps, context, latent, ids = inputs
     gc.collect()
-    free0, _ = _C.cuda_memory_info()
+    free0, total = _C.cuda_memory_info()
+    _C.cuda_memory_peak(reset=True)
     pipe = sdcore.Pipeline.from_pretrained(folder, device="cuda")
     t = {}
     t["unet"] = best_time(lambda: pipe.unet.forward(sample, timesteps, context), args.repeat)
@@ -132,7 +134,10 @@ def bench_sdcore(folder, args, inputs):
     t["generate"] = best_time(generate, max(1, args.repeat // 5))
     log(f"  sdcore 30-step generation {t['generate']:.3f} s")
     free1, _ = _C.cuda_memory_info()
-    t["memory"] = (free0 - free1) / 2**20
+    peak = _C.cuda_memory_peak() - (total - free0)
+    t["memory"] = max(peak, free0 - free1) / 2**20
+    end = (free0 - free1) / 2**20
+    log(f"  sdcore device memory {t['memory']:.0f} MiB at most, {end:.0f} MiB at the end")
     pipe = None  # drops the models: their device memory is freed
     gc.collect()
     return t

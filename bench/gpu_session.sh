@@ -2,9 +2,9 @@
 # One call on a GPU machine: build for its architecture, then run the steps named, each
 # under its own time limit. Logs are gathered into $OUT/session.tar.gz (one file) and the
 # last lines of each are printed.
-# Usage: bash bench/gpu_session.sh [harness|tests|bench|profile ...]   (default: the first three)
+# Usage: bash bench/gpu_session.sh [harness|tests|bench|memory|profile ...]   (default: the first three)
 #   TESTS="tests/test_cuda.py ..."  BENCH_ARGS="--no-compile"  PROFILE="sdcore:unet ..."
-#   HARNESS_S, TESTS_S, BENCH_S, PROFILE_S: seconds for each step
+#   HARNESS_S, TESTS_S, BENCH_S, MEMORY_S, PROFILE_S: seconds for each step
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final=${OUT:-/tmp/sdcore-gpu}
@@ -27,13 +27,18 @@ for step in $steps; do
         ;;
     tests)
         stamp tests
-        timeout ${TESTS_S:-300} bash tools/gpu_check.sh ${TESTS:-tests/test_cuda.py tests/test_cuda_elementwise.py tests/test_cuda_norm.py tests/test_cuda_attention.py tests/test_cuda_models.py} > "$OUT/tests.log" 2>&1
+        timeout ${TESTS_S:-300} bash tools/gpu_check.sh ${TESTS:-tests/test_cuda.py tests/test_cuda_elementwise.py tests/test_cuda_norm.py tests/test_cuda_attention.py tests/test_cuda_sampler.py tests/test_cuda_models.py} > "$OUT/tests.log" 2>&1
         echo "tests exit $?" >> "$OUT/tests.log"
         ;;
     bench)
         stamp bench
         PYTHONPATH=/tmp/sdcore:/tmp/site timeout ${BENCH_S:-240} python3 bench/gpu.py ${BENCH_ARGS:-} --json "$OUT/gpu.json" > "$OUT/bench.log" 2>&1
         echo "bench exit $?" >> "$OUT/bench.log"
+        ;;
+    memory)
+        stamp memory
+        PYTHONPATH=/tmp/sdcore:/tmp/site timeout ${MEMORY_S:-180} python3 tools/gpu_memory.py > "$OUT/memory.log" 2>&1
+        echo "memory exit $?" >> "$OUT/memory.log"
         ;;
     profile)
         stamp profile

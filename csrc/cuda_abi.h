@@ -12,7 +12,7 @@
 extern "C" {
 #endif
 
-#define SD_CUDA_ABI_VERSION 2
+#define SD_CUDA_ABI_VERSION 3
 
 typedef struct {
     int abi_version;
@@ -28,6 +28,8 @@ typedef struct {
     sd_status (*device_info)(int index, sd_cuda_device_info *info);
     /* free and total bytes of the current device (cudaMemGetInfo) */
     sd_status (*memory_info)(size_t *free_bytes, size_t *total_bytes);
+    /* the most device memory seen in use since the last reset (see sd_cuda_memory_peak) */
+    sd_status (*memory_peak)(size_t *peak_used, int reset);
 } sd_cuda_lib;
 
 /* Exported by libsdcore_cuda.so under this name. */

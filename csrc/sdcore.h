@@ -127,6 +127,19 @@ sd_status sd_weights_to_backend(const sd_weights *src, const sd_backend *be, sd_
 
 /* ---------------------------------------------------------------- backend --- */
 
+/* An element-wise sampler update: out[k] = f(in[0][k], ..., in[5][k]) for k < n, with
+ * scalars c[] worked out on the host (see sampling/sampler_ops.h for each kind). out may
+ * be one of the inputs. */
+#define SD_SAMPLER_OP_INPUTS 6
+typedef struct {
+    int kind;  /* sd_sampler_op_kind of sampling/sampler_ops.h */
+    int flags; /* per kind: v-prediction, clipping, order */
+    int64_t n;
+    float c[8];
+    float *out;
+    const float *in[SD_SAMPLER_OP_INPUTS];
+} sd_sampler_op;
+
 /* Every op writes into an `out` tensor the caller allocated with the right shape.
  * Activations are f32 on the CPU backend; weights (the `w` of linear and conv2d and
  * the affine parameters of the norms) may be f32, f16 or bf16 and are widened.
@@ -216,6 +229,11 @@ struct sd_backend {
     sd_status (*pad_bottom_right)(const sd_backend *be, const sd_tensor *x, int bottom, int right,
                                   sd_tensor *out);
 
+    /* One element-wise update of a diffusion sampler on float32 vectors of this backend
+     * (sampling/sampler_ops.h says what each kind computes; the CPU and GPU run the same
+     * expressions, in the same order, so their results agree bit for bit). */
+    sd_status (*sampler_op)(const sd_backend *be, const sd_sampler_op *op);
+
     /* dst = src, tensors of this backend with the same number of bytes */
     sd_status (*copy)(const sd_backend *be, sd_tensor *dst, const sd_tensor *src);
 
@@ -252,6 +270,10 @@ sd_status sd_cuda_device_count(int *count);
 sd_status sd_cuda_device_info_get(int index, sd_cuda_device_info *info);
 /* Free and total memory of the device in use, in bytes. */
 sd_status sd_cuda_memory_info(size_t *free_bytes, size_t *total_bytes);
+/* The most device memory in use (bytes, the whole process's, as cudaMemGetInfo counts
+ * it) seen right after any allocation of the backend or at this call, since the last
+ * call with reset (which starts again from what is in use now). */
+sd_status sd_cuda_memory_peak(size_t *peak_used, int reset);
 
 /* Set the directory searched for libsdcore_cuda.so (the binding passes the package dir). */
 void sd_set_library_dir(const char *dir);

@@ -53,6 +53,7 @@ sd_status cuda_scratch(cuda_scratch_slot slot, size_t bytes, void **out) {
         g_scratch_bytes[slot] = 0;
         size_t grown = bytes + bytes / 4; // headroom: fewer regrowths as shapes vary
         SD_TRY(cuda_check(cudaMalloc(&g_scratch[slot], grown), "cudaMalloc (scratch)"));
+        cuda_note_memory();
         g_scratch_bytes[slot] = grown;
         g_scratch_epoch++;
     }
@@ -161,11 +162,35 @@ static sd_status memory_info(size_t *free_bytes, size_t *total_bytes) {
     return cuda_check(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
 
+// The most device memory seen in use (by the whole process: cudaMemGetInfo) right after
+// any of the backend's allocations, the moments its use grows; what grows without it
+// (cuBLAS's kernels, graphs) is never given back, so a later sample sees it too.
+static size_t g_peak_used;
+
+void cuda_note_memory() {
+    size_t free_bytes, total_bytes;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess &&
+        total_bytes - free_bytes > g_peak_used)
+        g_peak_used = total_bytes - free_bytes;
+}
+
+static sd_status memory_peak(size_t *peak_used, int reset) {
+    size_t free_bytes, total_bytes;
+    SD_TRY(cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo"));
+    if (reset)
+        g_peak_used = 0;
+    if (total_bytes - free_bytes > g_peak_used)
+        g_peak_used = total_bytes - free_bytes;
+    *peak_used = g_peak_used;
+    return SD_OK;
+}
+
 static sd_status cuda_alloc(const sd_backend *, sd_tensor *t) {
     SD_TRY(ensure_stream());
     size_t bytes = sd_nbytes_dev(t);
     void *p = nullptr;
     SD_TRY(cuda_check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc"));
+    cuda_note_memory();
     t->data = p;
     t->device = SD_CUDA;
     return SD_OK;
@@ -233,6 +258,7 @@ static sd_status cuda_graph_end(const sd_backend *, void **out) {
     SD_TRY(cuda_check(cudaStreamEndCapture(g_stream, &graph), "cudaStreamEndCapture"));
     cudaGraphExec_t exec = nullptr;
     sd_status s = cuda_check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+    cuda_note_memory();
     cudaGraphDestroy(graph);
     SD_TRY(s);
     cuda_graph *g = new (std::nothrow) cuda_graph{exec, g_scratch_epoch};
@@ -286,6 +312,7 @@ static sd_backend make_backend() {
     cuda_fill_attention(&be);
     cuda_fill_matmul(&be);
     cuda_fill_conv2d(&be);
+    cuda_fill_sampler(&be);
     return be;
 }
 
@@ -303,6 +330,7 @@ sd_cuda_lib_init(const sd_host_api *host, const sd_cuda_lib **out) {
     g_lib.device_count = device_count;
     g_lib.device_info = device_info;
     g_lib.memory_info = memory_info;
+    g_lib.memory_peak = memory_peak;
     *out = &g_lib;
     return SD_OK;
 }

@@ -32,6 +32,9 @@ inline sd_status cuda_launched(const char *kernel) {
 
 // The one stream every op runs on.
 cudaStream_t cuda_stream();
+// Samples the device memory in use into the backend's high-water mark (backend_cuda.cu):
+// call it after allocating.
+void cuda_note_memory();
 
 // Grow-only device workspaces, one per use so that two live at once never overlap.
 // A workspace is valid until the next cuda_scratch call for the same slot; growing it
@@ -140,6 +143,7 @@ void cuda_fill_norm(sd_backend *be);        // norm.cu: group_norm, layer_norm, 
 void cuda_fill_attention(sd_backend *be);   // attention.cu
 void cuda_fill_matmul(sd_backend *be);      // matmul.cu: linear, matmul
 void cuda_fill_conv2d(sd_backend *be);      // conv2d.cu
+void cuda_fill_sampler(sd_backend *be);     // sampler.cu: the samplers' updates
 
 // ----------------------------------------------------------------- GEMM -------
 

@@ -33,6 +33,7 @@ static sd_status cublas_handle(cublasHandle_t *out) {
         }
         SD_TRY(cublas_check(cublasSetWorkspace(h, g_cublas_workspace, workspace),
                             "cublasSetWorkspace"));
+        cuda_note_memory();
         g_cublas = h;
     }
     SD_TRY(cublas_check(cublasSetStream(g_cublas, cuda_stream()), "cublasSetStream"));

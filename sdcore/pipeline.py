@@ -339,6 +339,7 @@ class Pipeline:
                 self.vae.factor,
                 self.latent_channels,
                 on_step,
+                callback is not None,  # the latents leave the device only for a callback
             )
         if "latents" in last:
             self._refit_preview_map(last["latents"], pixels)

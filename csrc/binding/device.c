@@ -28,6 +28,22 @@ static PyObject *py_cuda_memory_info(PyObject *self, PyObject *noargs) {
     return Py_BuildValue("(nn)", (Py_ssize_t)free_bytes, (Py_ssize_t)total_bytes);
 }
 
+static PyObject *py_cuda_memory_peak(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *keywords[] = {"reset", NULL};
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p:cuda_memory_peak", keywords, &reset))
+        return NULL;
+    size_t peak = 0;
+    sd_status s;
+    Py_BEGIN_ALLOW_THREADS;
+    s = sd_cuda_memory_peak(&peak, reset);
+    Py_END_ALLOW_THREADS;
+    if (s != SD_OK)
+        return sd_raise(s);
+    return PyLong_FromSize_t(peak);
+}
+
 static PyObject *py_cuda_available(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -203,6 +219,10 @@ static PyObject *py_narrow(PyObject *self, PyObject *args) {
 PyMethodDef sd_device_methods[] = {
     {"cuda_memory_info", py_cuda_memory_info, METH_NOARGS,
      "cuda_memory_info() -> (free, total): bytes of GPU memory"},
+    {"cuda_memory_peak", (PyCFunction)(void (*)(void))py_cuda_memory_peak,
+     METH_VARARGS | METH_KEYWORDS,
+     "cuda_memory_peak(reset=False) -> the most bytes of GPU memory seen in use (by the "
+     "whole process) after any of sdcore's allocations, since the last reset"},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS,
      "cuda_device_count() -> int: 0 without a driver, a GPU or a CUDA build"},
     {"cuda_available", py_cuda_available, METH_NOARGS,

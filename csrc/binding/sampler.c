@@ -14,6 +14,11 @@
 typedef struct {
     PyObject_HEAD
     sd_sampler *sampler;
+    /* device="cuda": the backend, its lock, and device copies of step's arrays (n floats
+     * each, made by the first call) */
+    const sd_backend *be;
+    PyThread_type_lock lock;
+    sd_tensor d_x, d_mo, d_noise;
 } SamplerObject;
 
 static PyObject *sd_sampler_type;
@@ -256,12 +261,15 @@ int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject *
 /* --------------------------------------------------------------- Sampler ---- */
 
 static PyObject *sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"kind", "num_steps", "config", NULL};
-    const char *name = NULL;
+    static char *keywords[] = {"kind", "num_steps", "config", "device", NULL};
+    const char *name = NULL, *device = "cpu";
     int num_steps = 0;
     PyObject *config = Py_None, *betas = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "si|O:Sampler", keywords, &name, &num_steps,
-                                     &config))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "si|Os:Sampler", keywords, &name, &num_steps,
+                                     &config, &device))
+        return NULL;
+    const sd_backend *be = sd_backend_from_name(device);
+    if (!be)
         return NULL;
     int kind = sd_sampler_parse_kind(name);
     if (kind < 0) {
@@ -287,12 +295,27 @@ static PyObject *sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
         return NULL;
     }
     self->sampler = s;
+    if (be->device != SD_CPU) {
+        self->be = be;
+        self->lock = sd_model_lock_new(be);
+        st = sd_sampler_use_backend(s, be);
+        int no_lock = !self->lock;
+        if (no_lock || st != SD_OK) {
+            Py_DECREF(self);
+            return no_lock ? PyErr_NoMemory() : sd_raise(st);
+        }
+    }
     return (PyObject *)self;
 }
 
 static void sampler_dealloc(SamplerObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
+    sd_tensor *dev[] = {&self->d_x, &self->d_mo, &self->d_noise};
+    for (int k = 0; k < 3; k++)
+        if (dev[k]->data)
+            self->be->free(self->be, dev[k]);
     sd_sampler_free(self->sampler);
+    sd_model_lock_free(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -365,6 +388,43 @@ static int same_shape(PyObject *a, PyObject *b) {
            PyArray_CompareLists(PyArray_DIMS(x), PyArray_DIMS(y), PyArray_NDIM(x));
 }
 
+/* n floats on the sampler's device in *t, reusing it when it has that size */
+static sd_status device_buffer(SamplerObject *self, sd_tensor *t, int64_t n) {
+    if (t->data && t->shape[0] == n)
+        return SD_OK;
+    if (t->data)
+        self->be->free(self->be, t);
+    *t = sd_tensor_view(NULL, SD_F32, self->be->device, 1, (const int64_t[]){n});
+    return self->be->alloc(self->be, t);
+}
+
+/* scale_model_input on the device: x in, out back (host arrays of n floats) */
+static sd_status scale_on_device(SamplerObject *self, int i, float *x, int64_t n) {
+    const sd_backend *be = self->be;
+    SD_TRY(device_buffer(self, &self->d_x, n));
+    SD_TRY(device_buffer(self, &self->d_mo, n));
+    SD_TRY(be->upload(be, &self->d_x, x));
+    SD_TRY(sd_sampler_scale_model_input(self->sampler, i, self->d_x.data, self->d_mo.data, n));
+    return be->download(be, x, &self->d_mo);
+}
+
+/* step on the device: the arrays go up, x comes back updated */
+static sd_status step_on_device(SamplerObject *self, int i, const float *mo, float *x,
+                                const float *noise, int64_t n) {
+    const sd_backend *be = self->be;
+    SD_TRY(device_buffer(self, &self->d_x, n));
+    SD_TRY(device_buffer(self, &self->d_mo, n));
+    SD_TRY(be->upload(be, &self->d_x, x));
+    SD_TRY(be->upload(be, &self->d_mo, mo));
+    if (noise) {
+        SD_TRY(device_buffer(self, &self->d_noise, n));
+        SD_TRY(be->upload(be, &self->d_noise, noise));
+    }
+    SD_TRY(sd_sampler_step(self->sampler, i, self->d_mo.data, self->d_x.data,
+                           noise ? self->d_noise.data : NULL, n));
+    return be->download(be, x, &self->d_x);
+}
+
 static PyObject *sampler_scale_model_input(SamplerObject *self, PyObject *args) {
     int i;
     PyObject *x_obj;
@@ -377,7 +437,16 @@ static PyObject *sampler_scale_model_input(SamplerObject *self, PyObject *args) 
     if (!out)
         return NULL;
     float *o = PyArray_DATA((PyArrayObject *)out);
-    sd_status st = sd_sampler_scale_model_input(self->sampler, i, o, o, sd_numel(&x));
+    sd_status st;
+    if (self->be) {
+        Py_BEGIN_ALLOW_THREADS;
+        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        st = scale_on_device(self, i, o, sd_numel(&x));
+        PyThread_release_lock(self->lock);
+        Py_END_ALLOW_THREADS;
+    } else {
+        st = sd_sampler_scale_model_input(self->sampler, i, o, o, sd_numel(&x));
+    }
     if (st != SD_OK) {
         Py_DECREF(out);
         return sd_raise(st);
@@ -418,9 +487,18 @@ static PyObject *sampler_step(SamplerObject *self, PyObject *args, PyObject *kwa
     PyObject *out = copy_like(&x, x_obj);
     if (!out)
         return NULL;
-    sd_status st = sd_sampler_step(self->sampler, i, (const float *)mo.data,
-                                   PyArray_DATA((PyArrayObject *)out),
-                                   noise.data ? (const float *)noise.data : NULL, sd_numel(&x));
+    float *xo = PyArray_DATA((PyArrayObject *)out);
+    const float *nz = noise.data ? (const float *)noise.data : NULL;
+    sd_status st;
+    if (self->be) {
+        Py_BEGIN_ALLOW_THREADS;
+        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        st = step_on_device(self, i, (const float *)mo.data, xo, nz, sd_numel(&x));
+        PyThread_release_lock(self->lock);
+        Py_END_ALLOW_THREADS;
+    } else {
+        st = sd_sampler_step(self->sampler, i, (const float *)mo.data, xo, nz, sd_numel(&x));
+    }
     if (st != SD_OK) {
         Py_DECREF(out);
         return sd_raise(st);
@@ -462,8 +540,10 @@ static PyType_Slot sampler_slots[] = {
     {Py_tp_dealloc, sampler_dealloc},
     {Py_tp_methods, sampler_methods},
     {Py_tp_getset, sampler_getset},
-    {Py_tp_doc, "Sampler(kind, num_steps, config=None): a diffusion sampler matching its "
-                "diffusers scheduler; config is a scheduler config dict (SD 1.5's when None)."},
+    {Py_tp_doc, "Sampler(kind, num_steps, config=None, device='cpu'): a diffusion sampler "
+                "matching its diffusers scheduler; config is a scheduler config dict (SD 1.5's "
+                "when None). With device='cuda' every update runs on the GPU (the arrays go "
+                "there and back each call), as the pipeline runs them."},
     {0, NULL},
 };
 

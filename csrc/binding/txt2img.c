@@ -21,12 +21,16 @@ static int on_step(void *ctx_ptr, int step, int total, const float *latents) {
         return 0;
     PyGILState_STATE g = PyGILState_Ensure();
     int stop = 0;
-    PyObject *arr = PyArray_SimpleNew(4, ctx->latent_dims, NPY_FLOAT32);
-    PyObject *res = NULL;
-    if (arr) {
-        memcpy(PyArray_DATA((PyArrayObject *)arr), latents, PyArray_NBYTES((PyArrayObject *)arr));
-        res = PyObject_CallFunction(ctx->callback, "iiO", step, total, arr);
+    PyObject *arr = Py_NewRef(Py_None), *res = NULL;
+    if (latents) {
+        Py_DECREF(arr);
+        arr = PyArray_SimpleNew(4, ctx->latent_dims, NPY_FLOAT32);
+        if (arr)
+            memcpy(PyArray_DATA((PyArrayObject *)arr), latents,
+                   PyArray_NBYTES((PyArrayObject *)arr));
     }
+    if (arr)
+        res = PyObject_CallFunction(ctx->callback, "iiO", step, total, arr);
     if (!res) {
         /* keep the callback's exception: the run stops and raises it */
         PyErr_Fetch(&ctx->exc_type, &ctx->error, &ctx->exc_tb);
@@ -57,16 +61,17 @@ static PyObject *py_txt2img(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"unet", "vae", "cond", "uncond", "guidance", "seeds", "width",
                              "height", "steps", "sampler", "scheduler_config",
                              "vae_scaling_factor", "vae_factor", "latent_channels", "callback",
-                             NULL};
+                             "callback_latents", NULL};
     PyObject *unet_obj, *vae_obj, *cond_obj, *uncond_obj, *g_obj, *seeds_obj;
     PyObject *sched = Py_None, *callback = Py_None, *betas = NULL, *out = NULL;
-    int width, height, steps, vae_factor = 8, latent_channels = 4;
+    int width, height, steps, vae_factor = 8, latent_channels = 4, callback_latents = 1;
     const char *sampler_name;
     float scaling;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOiiisOf|iiO:txt2img", kwlist, &unet_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOiiisOf|iiOp:txt2img", kwlist, &unet_obj,
                                      &vae_obj, &cond_obj, &uncond_obj, &g_obj, &seeds_obj, &width,
                                      &height, &steps, &sampler_name, &sched, &scaling,
-                                     &vae_factor, &latent_channels, &callback))
+                                     &vae_factor, &latent_channels, &callback,
+                                     &callback_latents))
         return NULL;
     PyThread_type_lock unet_lock, vae_lock;
     const sd_backend *be, *vae_be;
@@ -135,6 +140,7 @@ static PyObject *py_txt2img(PyObject *self, PyObject *args, PyObject *kw) {
         .vae_factor = vae_factor,
         .latent_channels = latent_channels,
         .on_step = on_step,
+        .on_step_latents = callback_latents,
         .ctx = &ctx,
     };
     uint8_t *pixels = PyArray_DATA((PyArrayObject *)out);
@@ -164,6 +170,9 @@ done:
 PyMethodDef sd_txt2img_methods[] = {
     {"txt2img", KW py_txt2img, METH_VARARGS | METH_KEYWORDS,
      "txt2img(unet, vae, cond, uncond, guidance, seeds, width, height, steps, sampler, "
-     "scheduler_config, vae_scaling_factor, callback=None) -> uint8 (n, H, W, 3)"},
+     "scheduler_config, vae_scaling_factor, vae_factor=8, latent_channels=4, callback=None, "
+     "callback_latents=True) -> uint8 (n, H, W, 3). callback(step, total, latents) runs "
+     "after every step and stops the run by returning True; latents is None when "
+     "callback_latents is False (they then stay on the device)."},
     {NULL, NULL, 0, NULL},
 };

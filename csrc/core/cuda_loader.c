@@ -110,6 +110,13 @@ sd_status sd_cuda_memory_info(size_t *free_bytes, size_t *total_bytes) {
     return lib->memory_info(free_bytes, total_bytes);
 }
 
+sd_status sd_cuda_memory_peak(size_t *peak_used, int reset) {
+    const sd_cuda_lib *lib;
+    *peak_used = 0;
+    SD_TRY(get_lib(&lib));
+    return lib->memory_peak(peak_used, reset);
+}
+
 sd_status sd_cuda_backend(const sd_backend **out) {
     const sd_cuda_lib *lib;
     *out = NULL;

@@ -9,6 +9,7 @@
 #endif
 
 #include "cpu_ops.h"
+#include "sampling/sampler_ops.h"
 
 /* ------------------------------------------------------------- checks ---- */
 
@@ -615,6 +616,23 @@ static sd_status cpu_pad_bottom_right(const sd_backend *be, const sd_tensor *x, 
     return SD_OK;
 }
 
+/* A sampler update on host arrays: the expressions of sampling/sampler_ops.h, element
+ * by element (a few thousand latents: one thread is plenty). */
+static sd_status cpu_sampler_op(const sd_backend *be, const sd_sampler_op *op) {
+    int inputs = sd_sampler_op_inputs(op);
+    if (inputs < 0)
+        return sd_fail(SD_ERR_INVALID, "sampler_op: unknown kind %d or flags %d", op->kind,
+                       op->flags);
+    if (op->n < 0 || !op->out)
+        return sd_fail(SD_ERR_INVALID, "sampler_op: no output");
+    for (int j = 0; j < inputs; j++)
+        if (!op->in[j])
+            return sd_fail(SD_ERR_INVALID, "sampler_op: input %d is missing", j);
+    for (int64_t k = 0; k < op->n; k++)
+        op->out[k] = sd_sampler_op_elem(op, k);
+    return SD_OK;
+}
+
 static const sd_backend cpu_backend = {
     .name = "cpu",
     .device = SD_CPU,
@@ -647,6 +665,7 @@ static const sd_backend cpu_backend = {
     .transpose_last2 = cpu_transpose_last2,
     .embedding = cpu_embedding,
     .pad_bottom_right = cpu_pad_bottom_right,
+    .sampler_op = cpu_sampler_op,
 };
 
 const sd_backend *sd_cpu_backend(void) {

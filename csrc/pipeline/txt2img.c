@@ -10,31 +10,34 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "sampling/sampler_ops.h"
 #include "txt2img.h"
 
+/* Everything in sd_tensor lives on the backend (host memory on the CPU backend): the
+ * latents stay there for the whole loop, and the sampler's updates run there too. */
 typedef struct {
     sd_sampler *sampler;
-    sd_rng *rngs;            /* (n) */
-    float *x, *noise, *eps;  /* (n, 4, h, w) host */
-    float *unet_in;          /* (2n, 4, h, w) host staging */
-    float *unet_out;         /* (2n, 4, h, w) host */
-    float *timesteps;        /* (2n) */
-    sd_tensor d_in, d_ctx, d_out; /* backend copies */
-    float *pixels;           /* (3, H, W) host, one image at a time */
+    sd_rng *rngs;       /* (n) */
+    float *host;        /* (n, 4, h, w): initial noise, per-step noise, latents for on_step */
+    float *timesteps;   /* (2n) */
+    float *pixels;      /* (3, H, W) host, one image at a time */
+    sd_tensor d_x;      /* (n, 4, h, w) the latents */
+    sd_tensor d_in;     /* (batch, 4, h, w) the UNet input, scaled, twice when guided */
+    sd_tensor d_out;    /* (batch, 4, h, w) its prediction */
+    sd_tensor d_eps;    /* (n, 4, h, w) the guided prediction */
+    sd_tensor d_noise;  /* (n, 4, h, w) ancestral samplers' noise of the step */
+    sd_tensor d_ctx;    /* (batch, T, C) */
     sd_tensor d_lat, d_img;
 } txt2img_state;
 
 static void state_free(const sd_backend *be, txt2img_state *s) {
     sd_sampler_free(s->sampler);
     free(s->rngs);
-    free(s->x);
-    free(s->noise);
-    free(s->eps);
-    free(s->unet_in);
-    free(s->unet_out);
+    free(s->host);
     free(s->timesteps);
     free(s->pixels);
-    sd_tensor *dev[] = {&s->d_in, &s->d_ctx, &s->d_out, &s->d_lat, &s->d_img};
+    sd_tensor *dev[] = {&s->d_x,   &s->d_in,  &s->d_out, &s->d_eps,
+                        &s->d_noise, &s->d_ctx, &s->d_lat, &s->d_img};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]->data)
             be->free(be, dev[i]);
@@ -77,6 +80,14 @@ static void to_uint8_hwc(const float *chw, int H, int W, uint8_t *hwc) {
         }
 }
 
+/* out (n floats) = in, or in * c, on the backend */
+static sd_status vec_op(const sd_backend *be, int kind, float *out, const float *in, float c,
+                        int64_t n) {
+    sd_sampler_op op = {.kind = kind, .n = n, .out = out, .in = {in}};
+    op.c[0] = c;
+    return be->sampler_op(be, &op);
+}
+
 static sd_status denoise(sd_unet *unet, const sd_backend *be, const sd_txt2img_params *p,
                          txt2img_state *s, int64_t per_image, int h, int w) {
     int n = p->n;
@@ -85,59 +96,66 @@ static sd_status denoise(sd_unet *unet, const sd_backend *be, const sd_txt2img_p
         guided |= p->guidance[i] > 1.0f;
     int batch = guided ? 2 * n : n;
     int64_t ctx_per_image = (int64_t)p->tokens * p->width_ctx;
+    int64_t nel = n * per_image;
 
     /* the context is the same every step: negative prompts first, then prompts */
     SD_TRY(backend_tensor(be, &s->d_in, 4, batch, p->latent_channels, h, w));
     SD_TRY(backend_tensor(be, &s->d_out, 4, batch, p->latent_channels, h, w));
+    SD_TRY(backend_tensor(be, &s->d_eps, 4, n, p->latent_channels, h, w));
     SD_TRY(backend_tensor(be, &s->d_ctx, 3, batch, p->tokens, p->width_ctx, 1));
     if (guided) {
-        float *ctx = malloc(sizeof(float) * (size_t)(2 * n * ctx_per_image));
-        if (!ctx)
-            return sd_fail(SD_ERR_NOMEM, "txt2img: cannot allocate the context");
-        memcpy(ctx, p->uncond, sizeof(float) * (size_t)(n * ctx_per_image));
-        memcpy(ctx + n * ctx_per_image, p->cond, sizeof(float) * (size_t)(n * ctx_per_image));
-        sd_status st = be->upload(be, &s->d_ctx, ctx);
-        free(ctx);
-        SD_TRY(st);
+        sd_tensor half = sd_tensor_view(s->d_ctx.data, SD_F32, be->device, 3,
+                                        (const int64_t[]){n, p->tokens, p->width_ctx});
+        SD_TRY(be->upload(be, &half, p->uncond));
+        half.data = (float *)s->d_ctx.data + n * ctx_per_image;
+        SD_TRY(be->upload(be, &half, p->cond));
     } else {
         SD_TRY(be->upload(be, &s->d_ctx, p->cond));
     }
+    int needs_noise = sd_sampler_needs_noise(s->sampler);
+    if (needs_noise)
+        SD_TRY(backend_tensor(be, &s->d_noise, 4, n, p->latent_channels, h, w));
 
+    float *x = s->d_x.data, *in = s->d_in.data, *out = s->d_out.data, *eps = s->d_eps.data;
     int total = sd_sampler_num_steps(s->sampler);
-    int64_t nel = n * per_image;
     for (int step = 0; step < total; step++) {
         /* (batch, 4, h, w): the scaled latents, twice when guided */
-        SD_TRY(sd_sampler_scale_model_input(s->sampler, step, s->x, s->unet_in, nel));
+        SD_TRY(sd_sampler_scale_model_input(s->sampler, step, x, in, nel));
         if (guided)
-            memcpy(s->unet_in + nel, s->unet_in, sizeof(float) * (size_t)nel);
+            SD_TRY(vec_op(be, SD_SOP_COPY, in + nel, in, 0.0f, nel));
         float t = sd_sampler_timestep(s->sampler, step);
         for (int i = 0; i < batch; i++)
             s->timesteps[i] = t;
-        SD_TRY(be->upload(be, &s->d_in, s->unet_in));
         SD_TRY(sd_unet_forward(unet, &s->d_in, s->timesteps, &s->d_ctx, &s->d_out));
-        SD_TRY(be->download(be, s->unet_out, &s->d_out));
         /* eps = uncond + g (cond - uncond); without guidance, the prompt's prediction */
         for (int i = 0; i < n; i++) {
             float g = p->guidance[i];
-            float *e = s->eps + i * per_image;
-            const float *c = s->unet_out + (guided ? nel : 0) + i * per_image;
-            const float *u = s->unet_out + i * per_image;
-            if (guided && g > 1.0f)
-                for (int64_t j = 0; j < per_image; j++)
-                    e[j] = u[j] + g * (c[j] - u[j]);
-            else
-                memcpy(e, c, sizeof(float) * (size_t)per_image);
+            float *e = eps + i * per_image;
+            const float *c = out + (guided ? nel : 0) + i * per_image;
+            const float *u = out + i * per_image;
+            sd_sampler_op op = {.kind = SD_SOP_GUIDE, .n = per_image, .out = e, .in = {u, c}};
+            op.c[0] = g;
+            if (!(guided && g > 1.0f))
+                op = (sd_sampler_op){.kind = SD_SOP_COPY, .n = per_image, .out = e, .in = {c}};
+            SD_TRY(be->sampler_op(be, &op));
         }
-        const float *noise = NULL;
-        if (sd_sampler_needs_noise(s->sampler)) {
+        if (needs_noise) {
             for (int i = 0; i < n; i++)
-                SD_TRY(sd_rng_randn(&s->rngs[i], s->noise + i * per_image, per_image));
-            noise = s->noise;
+                SD_TRY(sd_rng_randn(&s->rngs[i], s->host + i * per_image, per_image));
+            SD_TRY(be->upload(be, &s->d_noise, s->host));
         }
-        SD_TRY(sd_sampler_step(s->sampler, step, s->eps, s->x, noise, nel));
-        if (p->on_step && p->on_step(p->ctx, step + 1, total, s->x))
-            return sd_fail(SD_ERR_CANCELLED, "generation cancelled after step %d of %d",
-                           step + 1, total);
+        SD_TRY(sd_sampler_step(s->sampler, step, eps, x, needs_noise ? s->d_noise.data : NULL,
+                               nel));
+        if (p->on_step) {
+            const float *latents = NULL;
+            if (p->on_step_latents) {
+                SD_TRY(be->download(be, s->host, &s->d_x));
+                latents = s->host;
+            }
+            if (p->on_step(p->ctx, step + 1, total, latents))
+                return sd_fail(SD_ERR_CANCELLED, "generation cancelled after step %d of %d",
+                               step + 1, total);
+        }
     }
     return SD_OK;
 }
@@ -160,10 +178,8 @@ static sd_status decode_all(sd_vae *vae, const sd_backend *be, const sd_txt2img_
         return sd_fail(SD_ERR_NOMEM, "txt2img: cannot allocate the image");
     float inv = 1.0f / p->vae_scaling_factor;
     for (int i = 0; i < p->n; i++) {
-        float *lat = s->eps; /* reuse as scratch: the loop is over */
-        for (int64_t j = 0; j < per_image; j++)
-            lat[j] = s->x[i * per_image + j] * inv;
-        SD_TRY(be->upload(be, &s->d_lat, lat));
+        const float *xi = (const float *)s->d_x.data + i * per_image;
+        SD_TRY(vec_op(be, SD_SOP_MUL, s->d_lat.data, xi, inv, per_image));
         SD_TRY(sd_vae_decode(vae, &s->d_lat, &s->d_img));
         SD_TRY(be->download(be, s->pixels, &s->d_img));
         if (!all_finite(s->pixels, 3 * (int64_t)H * W) &&
@@ -196,29 +212,31 @@ sd_status sd_txt2img(sd_unet *unet, sd_vae *vae, const sd_backend *be,
         return st;
     size_t bytes = sizeof(float) * (size_t)(n * per_image);
     s.rngs = calloc((size_t)n, sizeof(sd_rng));
-    s.x = malloc(bytes);
-    s.noise = malloc(bytes);
-    s.eps = malloc(bytes);
-    s.unet_in = malloc(2 * bytes);
-    s.unet_out = malloc(2 * bytes);
+    s.host = malloc(bytes);
     s.timesteps = malloc(sizeof(float) * 2 * (size_t)n);
-    if (!s.rngs || !s.x || !s.noise || !s.eps || !s.unet_in || !s.unet_out || !s.timesteps) {
+    if (!s.rngs || !s.host || !s.timesteps) {
         state_free(be, &s);
         return sd_fail(SD_ERR_NOMEM, "txt2img: cannot allocate the latents");
     }
     /* initial latents: each image's first draw from its own generator, times the
-     * sampler's initial sigma (diffusers' prepare_latents) */
+     * sampler's initial sigma (diffusers' prepare_latents), then onto the backend */
     float sigma0 = sd_sampler_init_noise_sigma(s.sampler);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n && st == SD_OK; i++) {
         sd_rng_seed(&s.rngs[i], p->seeds[i]);
-        float *xi = s.x + i * per_image;
+        float *xi = s.host + i * per_image;
         st = sd_rng_randn(&s.rngs[i], xi, per_image);
-        if (st != SD_OK) {
-            state_free(be, &s);
-            return st;
-        }
-        for (int64_t j = 0; j < per_image; j++)
+        for (int64_t j = 0; j < per_image && st == SD_OK; j++)
             xi[j] *= sigma0;
+    }
+    if (st == SD_OK)
+        st = sd_sampler_use_backend(s.sampler, be);
+    if (st == SD_OK)
+        st = backend_tensor(be, &s.d_x, 4, n, p->latent_channels, h, w);
+    if (st == SD_OK)
+        st = be->upload(be, &s.d_x, s.host);
+    if (st != SD_OK) {
+        state_free(be, &s);
+        return st;
     }
     st = denoise(unet, be, p, &s, per_image, h, w);
     if (st == SD_OK)

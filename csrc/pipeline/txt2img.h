@@ -13,8 +13,9 @@
 #include "sampling/sampler.h"
 #include "sdcore.h"
 
-/* Called after every step with the current latents (n, 4, h, w) in host memory.
- * Return nonzero to cancel: the generation then stops with SD_ERR_CANCELLED. */
+/* Called after every step with the current latents (n, 4, h, w) in host memory, or NULL
+ * when the params say the callback does not read them (the latents then stay on the
+ * device). Return nonzero to cancel: the generation then stops with SD_ERR_CANCELLED. */
 typedef int (*sd_step_callback)(void *ctx, int step, int total, const float *latents);
 
 typedef struct {
@@ -32,6 +33,7 @@ typedef struct {
     int vae_factor;             /* pixels per latent along each side (8 for SD) */
     int latent_channels;        /* 4 for SD */
     sd_step_callback on_step;   /* may be NULL */
+    int on_step_latents;        /* whether on_step reads the latents (a copy to the host) */
     void *ctx;
 } sd_txt2img_params;
 

@@ -94,20 +94,21 @@ static dpm_point dpm_point_at(float sigma) {
 }
 
 sd_status sd_dpmpp_step(sd_sampler *s, int i, const float *eps, float *x, int64_t n) {
+    (void)n;
     int N = s->num_timesteps;
     dpm_point p_s0 = dpm_point_at(s->sigmas[i]);
     dpm_point p_t = dpm_point_at(s->sigmas[i + 1]);
 
-    /* convert_model_output: the data prediction x0 */
-    float *x0 = s->scratch;
-    if (s->cfg.prediction_type == SD_PREDICT_V)
-        for (int64_t k = 0; k < n; k++)
-            x0[k] = p_s0.alpha * x[k] - p_s0.sigma * eps[k];
-    else
-        for (int64_t k = 0; k < n; k++)
-            x0[k] = (x[k] - p_s0.sigma * eps[k]) / p_s0.alpha;
-    sd_sampler_history_push(s, x0, 2);
-    const float *m0 = s->history[s->history_len - 1];
+    /* convert_model_output: the data prediction x0, alpha x - sigma eps for
+     * v-prediction, else (x - sigma eps) / alpha; it becomes the newest history entry */
+    float *m0 = sd_sampler_history_next(s, 2);
+    sd_sampler_op x0 = sd_sampler_op_make(
+        s, SD_SOP_DPM_X0, s->cfg.prediction_type == SD_PREDICT_V ? SD_SOP_V_PREDICTION : 0, m0);
+    x0.in[0] = x;
+    x0.in[1] = eps;
+    x0.c[0] = p_s0.alpha;
+    x0.c[1] = p_s0.sigma;
+    SD_TRY(sd_sampler_run(s, &x0));
 
     int lower_order_final =
         i == N - 1 && (s->cfg.euler_at_final || (s->cfg.lower_order_final && N < 15) ||
@@ -115,21 +116,27 @@ sd_status sd_dpmpp_step(sd_sampler *s, int i, const float *eps, float *x, int64_
     float h = p_t.lambda - p_s0.lambda;
     float c_x = p_t.sigma / p_s0.sigma;
     float c_d0 = p_t.alpha * (expf(-h) - 1.0f);
+    sd_sampler_op op;
     if (s->lower_order_nums < 1 || lower_order_final) {
-        for (int64_t k = 0; k < n; k++)
-            x[k] = c_x * x[k] - c_d0 * m0[k];
+        /* x = c_x x - c_d0 m0 */
+        op = sd_sampler_op_make(s, SD_SOP_DPM_1, 0, x);
+        op.in[0] = x;
+        op.in[1] = m0;
     } else {
-        const float *m1 = s->history[s->history_len - 2];
+        /* d1 = (m0 - m1) / r0; x = (c_x x - c_d0 m0) - (c_d0 / 2) d1 */
         dpm_point p_s1 = dpm_point_at(s->sigmas[i - 1]);
         float h_0 = p_s0.lambda - p_s1.lambda;
         float r0 = h_0 / h;
-        float inv_r0 = 1.0f / r0;
-        float c_d1 = 0.5f * c_d0;
-        for (int64_t k = 0; k < n; k++) {
-            float d1 = inv_r0 * (m0[k] - m1[k]);
-            x[k] = (c_x * x[k] - c_d0 * m0[k]) - c_d1 * d1;
-        }
+        op = sd_sampler_op_make(s, SD_SOP_DPM_2, 0, x);
+        op.in[0] = x;
+        op.in[1] = m0;
+        op.in[2] = s->history[s->history_len - 2];
+        op.c[2] = 0.5f * c_d0;
+        op.c[3] = 1.0f / r0;
     }
+    op.c[0] = c_x;
+    op.c[1] = c_d0;
+    SD_TRY(sd_sampler_run(s, &op));
     if (s->lower_order_nums < 2)
         s->lower_order_nums++;
     return SD_OK;

@@ -89,45 +89,44 @@ done:
     return st;
 }
 
-/* pred_original_sample of the sigma samplers, element k */
-static inline float predict_x0(int v, float x, float eps, float sigma, float v_out_coef,
-                               float v_in_div) {
-    if (v)
-        return eps * v_out_coef + x / v_in_div;
-    return x - sigma * eps;
-}
-
+/* x0 = sd_sop_sigma_x0 (sampler_ops.h): x - sigma eps, or for v-prediction
+ * eps * (-sigma / sqrt(sigma^2 + 1)) + x / (sigma^2 + 1) */
 sd_status sd_euler_step(sd_sampler *s, int i, const float *eps, float *x, int64_t n) {
+    (void)n;
     /* s_churn = 0: gamma = 0 and sigma_hat = sigma * (gamma + 1) = sigma */
     float sigma = s->sigmas[i];
     float sigma_hat = sigma * (0.0f + 1.0f);
-    float dt = s->sigmas[i + 1] - sigma_hat;
-    int v = s->cfg.prediction_type == SD_PREDICT_V;
     float v_in_div = sigma * sigma + 1.0f;
-    float v_out_coef = -sigma / sqrtf(v_in_div);
-    for (int64_t k = 0; k < n; k++) {
-        float x0 = predict_x0(v, x[k], eps[k], sigma_hat, v_out_coef, v_in_div);
-        float derivative = (x[k] - x0) / sigma_hat;
-        x[k] = x[k] + derivative * dt;
-    }
-    return SD_OK;
+    /* per element: derivative = (x - x0) / sigma_hat; x = x + derivative * dt */
+    sd_sampler_op op = sd_sampler_op_make(
+        s, SD_SOP_EULER, s->cfg.prediction_type == SD_PREDICT_V ? SD_SOP_V_PREDICTION : 0, x);
+    op.in[0] = x;
+    op.in[1] = eps;
+    op.c[0] = sigma_hat;
+    op.c[1] = -sigma / sqrtf(v_in_div);
+    op.c[2] = v_in_div;
+    op.c[3] = s->sigmas[i + 1] - sigma_hat; /* dt */
+    return sd_sampler_run(s, &op);
 }
 
 sd_status sd_euler_a_step(sd_sampler *s, int i, const float *eps, float *x, const float *noise,
                           int64_t n) {
+    (void)n;
     float sigma = s->sigmas[i];
     float from2 = sigma * sigma, to = s->sigmas[i + 1], to2 = to * to;
     float sigma_up = sqrtf(to2 * (from2 - to2) / from2);
     float sigma_down = sqrtf(to2 - sigma_up * sigma_up);
-    float dt = sigma_down - sigma;
-    int v = s->cfg.prediction_type == SD_PREDICT_V;
     float v_in_div = sigma * sigma + 1.0f;
-    float v_out_coef = -sigma / sqrtf(v_in_div);
-    for (int64_t k = 0; k < n; k++) {
-        float x0 = predict_x0(v, x[k], eps[k], sigma, v_out_coef, v_in_div);
-        float derivative = (x[k] - x0) / sigma;
-        float prev = x[k] + derivative * dt;
-        x[k] = prev + noise[k] * sigma_up;
-    }
-    return SD_OK;
+    /* per element: prev = x + (x - x0) / sigma * dt; x = prev + noise * sigma_up */
+    sd_sampler_op op = sd_sampler_op_make(
+        s, SD_SOP_EULER_A, s->cfg.prediction_type == SD_PREDICT_V ? SD_SOP_V_PREDICTION : 0, x);
+    op.in[0] = x;
+    op.in[1] = eps;
+    op.in[2] = noise;
+    op.c[0] = sigma;
+    op.c[1] = -sigma / sqrtf(v_in_div);
+    op.c[2] = v_in_div;
+    op.c[3] = sigma_down - sigma; /* dt */
+    op.c[4] = sigma_up;
+    return sd_sampler_run(s, &op);
 }

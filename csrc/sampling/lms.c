@@ -33,27 +33,27 @@ static double lms_coefficient(const float *sigmas, int i, int order, int j) {
 }
 
 sd_status sd_lms_step(sd_sampler *s, int i, const float *eps, float *x, int64_t n) {
+    (void)n;
     float sigma = s->sigmas[i];
-    int v = s->cfg.prediction_type == SD_PREDICT_V;
     float v_in_div = sigma * sigma + 1.0f;
-    float v_out_coef = -sigma / sqrtf(v_in_div);
-    float *derivative = s->scratch;
-    for (int64_t k = 0; k < n; k++) {
-        float x0 = v ? eps[k] * v_out_coef + x[k] / v_in_div : x[k] - sigma * eps[k];
-        derivative[k] = (x[k] - x0) / sigma;
-    }
-    sd_sampler_history_push(s, derivative, LMS_ORDER);
+    /* the derivative (x - x0) / sigma becomes the newest history entry */
+    sd_sampler_op d = sd_sampler_op_make(
+        s, SD_SOP_LMS_DERIV, s->cfg.prediction_type == SD_PREDICT_V ? SD_SOP_V_PREDICTION : 0,
+        sd_sampler_history_next(s, LMS_ORDER));
+    d.in[0] = x;
+    d.in[1] = eps;
+    d.c[0] = sigma;
+    d.c[1] = -sigma / sqrtf(v_in_div);
+    d.c[2] = v_in_div;
+    SD_TRY(sd_sampler_run(s, &d));
 
-    int order = i + 1 < LMS_ORDER ? i + 1 : LMS_ORDER;
-    float coef[LMS_ORDER];
-    for (int j = 0; j < order; j++)
-        coef[j] = (float)lms_coefficient(s->sigmas, i, order, j); /* cast as torch does */
     /* sample + sum(coeff * derivative), newest derivative first, summed left to right */
-    for (int64_t k = 0; k < n; k++) {
-        float acc = coef[0] * s->history[s->history_len - 1][k];
-        for (int j = 1; j < order; j++)
-            acc = acc + coef[j] * s->history[s->history_len - 1 - j][k];
-        x[k] = x[k] + acc;
+    int order = i + 1 < LMS_ORDER ? i + 1 : LMS_ORDER;
+    sd_sampler_op op = sd_sampler_op_make(s, SD_SOP_LMS_SUM, order, x);
+    op.in[0] = x;
+    for (int j = 0; j < order; j++) {
+        op.c[j] = (float)lms_coefficient(s->sigmas, i, order, j); /* cast as torch does */
+        op.in[1 + j] = s->history[s->history_len - 1 - j];
     }
-    return SD_OK;
+    return sd_sampler_run(s, &op);
 }

@@ -32,9 +32,11 @@ sd_status sd_pndm_setup(sd_sampler *s) {
     return st;
 }
 
-/* _get_prev_sample: x_t -> x_{t_prev} from the combined noise prediction (float32). */
+/* _get_prev_sample: x_t -> x_{t_prev} from the combined noise prediction (float32):
+ * out = coeff * sample - diff * e / denom, e the combined output (for v-prediction
+ * sqrt(alpha) mo + sqrt(1 - alpha) sample). */
 static sd_status pndm_prev_sample(const sd_sampler *s, const float *sample, int t, int prev_t,
-                                  const float *model_output, float *out, int64_t n) {
+                                  const float *model_output, float *out) {
     if (t < 0 || t >= s->train_timesteps)
         return sd_fail(SD_ERR_INVALID, "pndm: timestep %d outside [0, %d)", t,
                        s->train_timesteps);
@@ -42,56 +44,59 @@ static sd_status pndm_prev_sample(const sd_sampler *s, const float *sample, int 
     float a_prev = prev_t >= 0 ? s->alphas_cumprod[prev_t]
                                : (s->cfg.set_alpha_to_one ? 1.0f : s->alphas_cumprod[0]);
     float b_t = 1.0f - a_t, b_prev = 1.0f - a_prev;
-    float sample_coeff = sqrtf(a_prev / a_t);
-    float denom = a_t * sqrtf(b_prev) + sqrtf(a_t * b_t * a_prev);
-    float diff = a_prev - a_t;
-    int v = s->cfg.prediction_type == SD_PREDICT_V;
-    float sqrt_a = sqrtf(a_t), sqrt_b = sqrtf(b_t);
-    for (int64_t k = 0; k < n; k++) {
-        float e = v ? sqrt_a * model_output[k] + sqrt_b * sample[k] : model_output[k];
-        out[k] = sample_coeff * sample[k] - diff * e / denom;
-    }
-    return SD_OK;
+    sd_sampler_op op = sd_sampler_op_make(
+        s, SD_SOP_PNDM_PREV, s->cfg.prediction_type == SD_PREDICT_V ? SD_SOP_V_PREDICTION : 0,
+        out);
+    op.in[0] = sample;
+    op.in[1] = model_output;
+    op.c[0] = sqrtf(a_prev / a_t);
+    op.c[1] = a_prev - a_t;
+    op.c[2] = a_t * sqrtf(b_prev) + sqrtf(a_t * b_t * a_prev);
+    op.c[3] = sqrtf(a_t);
+    op.c[4] = sqrtf(b_t);
+    return sd_sampler_run(s, &op);
 }
 
 sd_status sd_pndm_step(sd_sampler *s, int i, const float *eps, float *x, int64_t n) {
+    (void)n;
     int ratio = s->train_timesteps / s->num_inference_steps;
     int t = (int)s->timesteps[i];
     int prev_t = t - ratio;
     int counter = i;
     if (counter != 1) {
-        sd_sampler_history_push(s, eps, 4);
+        sd_sampler_op push = sd_sampler_op_make(s, SD_SOP_COPY, 0, sd_sampler_history_next(s, 4));
+        push.in[0] = eps;
+        SD_TRY(sd_sampler_run(s, &push));
     } else {
         prev_t = t;
         t = t + ratio;
     }
-    float *mo = s->scratch;
     const float *sample = x;
+    const float *mo = s->scratch;
     int len = s->history_len;
-    const float *e1 = s->history[len - 1];
+    /* the combined output: the past outputs mixed, newest first (sampler_ops.h) */
+    sd_sampler_op mix = sd_sampler_op_make(s, SD_SOP_PNDM_MIX, 0, s->scratch);
+    for (int j = 0; j < len && j < SD_SAMPLER_OP_INPUTS; j++)
+        mix.in[j] = s->history[len - 1 - j];
     if (len == 1 && counter == 0) {
-        memcpy(mo, eps, sizeof(float) * (size_t)n);
-        memcpy(s->cur_sample, x, sizeof(float) * (size_t)n);
+        /* the first call: its own output, and its sample kept for the second */
+        mo = eps;
+        sd_sampler_op keep = sd_sampler_op_make(s, SD_SOP_COPY, 0, s->cur_sample);
+        keep.in[0] = x;
+        SD_TRY(sd_sampler_run(s, &keep));
     } else if (len == 1 && counter == 1) {
-        for (int64_t k = 0; k < n; k++)
-            mo[k] = (eps[k] + e1[k]) / 2.0f;
+        /* (this output + the first) / 2, applied to the first call's sample */
+        mix.flags = 1;
+        mix.in[0] = eps;
+        mix.in[1] = s->history[0];
         sample = s->cur_sample;
-    } else if (len == 2) {
-        const float *e2 = s->history[len - 2];
-        for (int64_t k = 0; k < n; k++)
-            mo[k] = (3.0f * e1[k] - e2[k]) / 2.0f;
-    } else if (len == 3) {
-        const float *e2 = s->history[len - 2], *e3 = s->history[len - 3];
-        for (int64_t k = 0; k < n; k++)
-            mo[k] = (23.0f * e1[k] - 16.0f * e2[k] + 5.0f * e3[k]) / 12.0f;
     } else {
-        const float *e2 = s->history[len - 2], *e3 = s->history[len - 3];
-        const float *e4 = s->history[len - 4];
-        const float c = (float)(1.0 / 24.0);
-        for (int64_t k = 0; k < n; k++)
-            mo[k] = c * (55.0f * e1[k] - 59.0f * e2[k] + 37.0f * e3[k] - 9.0f * e4[k]);
+        mix.flags = len < 4 ? len : 4;
+        mix.c[0] = (float)(1.0 / 24.0);
     }
+    if (mix.flags)
+        SD_TRY(sd_sampler_run(s, &mix));
     /* the output may overwrite x even when sample is cur_sample: each element is read
      * before it is written */
-    return pndm_prev_sample(s, sample, t, prev_t, mo, x, n);
+    return pndm_prev_sample(s, sample, t, prev_t, mo, x);
 }

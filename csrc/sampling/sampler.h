@@ -121,6 +121,13 @@ int sd_sampler_num_train_timesteps(const sd_sampler *s);
 /* Whether sd_sampler_step wants a fresh standard-normal noise array every step. */
 int sd_sampler_needs_noise(const sd_sampler *s);
 
+/* Run the sampler on arrays in the memory of backend `be` (NULL: host memory, the
+ * default): from then on the pointers given to scale_model_input and step are that
+ * backend's, and so is the sampler's own state (its history of model outputs). Call it
+ * before the first step. A GPU backend runs every update on the device, so latents
+ * never leave it. */
+sd_status sd_sampler_use_backend(sd_sampler *s, const sd_backend *be);
+
 /* out = the UNet input for step i (x divided by sqrt(sigma^2 + 1) for the sigma
  * samplers, a copy otherwise); out may equal x. */
 sd_status sd_sampler_scale_model_input(const sd_sampler *s, int i, const float *x, float *out,

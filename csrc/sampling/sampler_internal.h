@@ -3,6 +3,7 @@
 #define SD_SAMPLER_INTERNAL_H
 
 #include "sampling/sampler.h"
+#include "sampling/sampler_ops.h"
 
 #define SD_SAMPLER_MAX_HISTORY 4
 
@@ -17,6 +18,10 @@ struct sd_sampler {
     float *sigmas;            /* (num_timesteps + 1) or NULL */
     float init_noise_sigma;
     int karras;
+
+    /* where the arrays of a generation live: NULL for host memory, else a backend whose
+     * memory step, scale_model_input and the state below use */
+    const sd_backend *be;
 
     /* state of a generation */
     int next_step;            /* the step sd_sampler_step expects */
@@ -45,8 +50,17 @@ void sd_training_sigmas(const sd_sampler *s, float *out);
 
 /* Make room for per-generation buffers of n elements (history_slots of them). */
 sd_status sd_sampler_state_alloc(sd_sampler *s, int64_t n, int history_slots);
-/* Push a copy of x (n) into the history, dropping the oldest beyond `keep`. */
-void sd_sampler_history_push(sd_sampler *s, const float *x, int keep);
+/* The buffer that becomes the newest history entry (the caller fills it), dropping the
+ * oldest beyond `keep`. */
+float *sd_sampler_history_next(sd_sampler *s, int keep);
+/* Runs one element-wise update where the sampler's arrays live. */
+sd_status sd_sampler_run(const sd_sampler *s, const sd_sampler_op *op);
+/* An op of `kind` over the sampler's n elements writing `out`. */
+static inline sd_sampler_op sd_sampler_op_make(const sd_sampler *s, int kind, int flags,
+                                               float *out) {
+    sd_sampler_op op = {.kind = kind, .flags = flags, .n = s->n, .out = out};
+    return op;
+}
 
 /* Per-family setup (timesteps, sigmas, init_noise_sigma) and step. */
 sd_status sd_ddim_setup(sd_sampler *s);

@@ -335,17 +335,65 @@ sd_status sd_sampler_create(int kind, const sd_sampler_config *cfg, int num_step
     return SD_OK;
 }
 
+/* A state array of n floats where the sampler's arrays live. */
+static sd_status state_buffer(const sd_sampler *s, int64_t n, float **out) {
+    if (!s->be) {
+        *out = malloc(sizeof(float) * (size_t)n);
+        if (!*out)
+            return sd_fail(SD_ERR_NOMEM, "sampler: no memory for %lld floats", (long long)n);
+        return SD_OK;
+    }
+    sd_tensor t = sd_tensor_view(NULL, SD_F32, s->be->device, 1, (const int64_t[]){n});
+    SD_TRY(s->be->alloc(s->be, &t));
+    *out = t.data;
+    return SD_OK;
+}
+
+static void state_buffer_free(const sd_sampler *s, float **p) {
+    if (*p && !s->be) {
+        free(*p);
+    } else if (*p) {
+        sd_tensor t = {.data = *p, .device = s->be->device};
+        s->be->free(s->be, &t);
+    }
+    *p = NULL;
+}
+
+static void state_free(sd_sampler *s) {
+    for (int k = 0; k < SD_SAMPLER_MAX_HISTORY; k++)
+        state_buffer_free(s, &s->history[k]);
+    state_buffer_free(s, &s->cur_sample);
+    state_buffer_free(s, &s->scratch);
+    s->n = 0;
+}
+
 void sd_sampler_free(sd_sampler *s) {
     if (!s)
         return;
     free(s->alphas_cumprod);
     free(s->timesteps);
     free(s->sigmas);
-    for (int k = 0; k < SD_SAMPLER_MAX_HISTORY; k++)
-        free(s->history[k]);
-    free(s->cur_sample);
-    free(s->scratch);
+    state_free(s);
     free(s);
+}
+
+sd_status sd_sampler_use_backend(sd_sampler *s, const sd_backend *be) {
+    if (s->next_step > 0)
+        return sd_fail(SD_ERR_INVALID, "sampler: choose its memory before the first step");
+    if (be && !be->sampler_op)
+        return sd_fail(SD_ERR_UNSUPPORTED, "sampler: the %s backend has no sampler updates",
+                       be->name);
+    state_free(s);
+    s->be = be;
+    return SD_OK;
+}
+
+sd_status sd_sampler_run(const sd_sampler *s, const sd_sampler_op *op) {
+    if (s->be)
+        return s->be->sampler_op(s->be, op);
+    for (int64_t k = 0; k < op->n; k++)
+        op->out[k] = sd_sampler_op_elem(op, k);
+    return SD_OK;
 }
 
 /* -------------------------------------------------------------- accessors ---- */
@@ -377,16 +425,14 @@ sd_status sd_sampler_scale_model_input(const sd_sampler *s, int i, const float *
     if (n < 1 || !x || !out)
         return sd_fail(SD_ERR_INVALID, "scale_model_input: empty sample");
     if (!uses_sigma_scaling(s)) {
-        if (out != x)
-            memcpy(out, x, sizeof(float) * (size_t)n);
-        return SD_OK;
+        sd_sampler_op op = {.kind = SD_SOP_COPY, .n = n, .out = out, .in = {x}};
+        return out == x ? SD_OK : sd_sampler_run(s, &op);
     }
     /* sample / ((sigma**2 + 1) ** 0.5), a float32 division per element */
     float sigma = s->sigmas[i];
-    float d = sqrtf(sigma * sigma + 1.0f);
-    for (int64_t k = 0; k < n; k++)
-        out[k] = x[k] / d;
-    return SD_OK;
+    sd_sampler_op op = {.kind = SD_SOP_DIV, .n = n, .out = out, .in = {x}};
+    op.c[0] = sqrtf(sigma * sigma + 1.0f);
+    return sd_sampler_run(s, &op);
 }
 
 /* ------------------------------------------------------------------ state ---- */
@@ -394,25 +440,23 @@ sd_status sd_sampler_scale_model_input(const sd_sampler *s, int i, const float *
 sd_status sd_sampler_state_alloc(sd_sampler *s, int64_t n, int history_slots) {
     if (s->n == n)
         return SD_OK;
-    size_t bytes = sizeof(float) * (size_t)n;
-    for (int k = 0; k < history_slots; k++) {
-        if (!s->history[k])
-            s->history[k] = malloc(bytes);
-        if (!s->history[k])
-            return sd_fail(SD_ERR_NOMEM, "sampler: no memory for its history (%lld floats)",
-                           (long long)n);
+    state_free(s);
+    sd_status st = SD_OK;
+    for (int k = 0; k < history_slots && st == SD_OK; k++)
+        st = state_buffer(s, n, &s->history[k]);
+    if (st == SD_OK)
+        st = state_buffer(s, n, &s->cur_sample);
+    if (st == SD_OK)
+        st = state_buffer(s, n, &s->scratch);
+    if (st != SD_OK) {
+        state_free(s);
+        return st;
     }
-    if (!s->cur_sample)
-        s->cur_sample = malloc(bytes);
-    if (!s->scratch)
-        s->scratch = malloc(bytes);
-    if (!s->cur_sample || !s->scratch)
-        return sd_fail(SD_ERR_NOMEM, "sampler: no memory for %lld floats", (long long)n);
     s->n = n;
     return SD_OK;
 }
 
-void sd_sampler_history_push(sd_sampler *s, const float *x, int keep) {
+float *sd_sampler_history_next(sd_sampler *s, int keep) {
     if (s->history_len == keep) {
         /* rotate the oldest buffer to the end and overwrite it */
         float *oldest = s->history[0];
@@ -421,7 +465,7 @@ void sd_sampler_history_push(sd_sampler *s, const float *x, int keep) {
         s->history[keep - 1] = oldest;
         s->history_len--;
     }
-    memcpy(s->history[s->history_len++], x, sizeof(float) * (size_t)s->n);
+    return s->history[s->history_len++];
 }
 
 sd_status sd_sampler_step(sd_sampler *s, int i, const float *model_output, float *sample,
