@@ -34,4 +34,6 @@ static sd_status cuda_sampler_op(const sd_backend *, const sd_sampler_op *op) {
 
 } // namespace
 
-void cuda_fill_sampler(sd_backend *be) { be->sampler_op = cuda_sampler_op; }
+void cuda_fill_sampler(sd_backend *be) {
+    be->sampler_op = cuda_sampler_op;
+}

@@ -19,26 +19,26 @@
 #endif
 
 typedef enum {
-    SD_SOP_COPY = 0,   /* in0 */
-    SD_SOP_MUL,        /* in0 * c0 */
-    SD_SOP_DIV,        /* in0 / c0 (scale_model_input) */
-    SD_SOP_GUIDE,      /* in0 + c0 * (in1 - in0): uncond in0, cond in1, guidance c0 */
-    SD_SOP_EULER,      /* x in0, eps in1; sigma c0, v_out_coef c1, v_in_div c2, dt c3 */
-    SD_SOP_EULER_A,    /* as EULER, noise in2, sigma_up c4 */
-    SD_SOP_DPM_X0,     /* data prediction: x in0, eps in1; alpha c0, sigma c1 */
-    SD_SOP_DPM_1,      /* c0 * x - c1 * m0: x in0, m0 in1 */
-    SD_SOP_DPM_2,      /* (c0 x - c1 m0) - c2 (c3 (m0 - m1)): x in0, m0 in1, m1 in2 */
-    SD_SOP_PNDM_MIX,   /* the combined model output: flags 1 averages this call's (in0)
-                        * with the first's (in1); flags 2, 3, 4 mix that many past
-                        * outputs, newest in0 (c0 = 1/24 for 4) */
-    SD_SOP_PNDM_PREV,  /* sample in0, combined output in1; coeff c0, diff c1, denom c2,
-                        * sqrt(alpha) c3, sqrt(1 - alpha) c4 */
-    SD_SOP_DDIM,       /* x in0, eps in1; sqrt_a c0, sqrt_b c1, sqrt_a_prev c2, dir c3,
-                        * clip range c4 */
-    SD_SOP_LMS_DERIV,  /* (x - x0) / sigma: x in0, eps in1; sigma c0, v_out_coef c1,
-                        * v_in_div c2 */
-    SD_SOP_LMS_SUM,    /* x + sum of c[j] * in[1 + j] for j < flags: x in0, derivatives
-                        * newest first */
+    SD_SOP_COPY = 0,  /* in0 */
+    SD_SOP_MUL,       /* in0 * c0 */
+    SD_SOP_DIV,       /* in0 / c0 (scale_model_input) */
+    SD_SOP_GUIDE,     /* in0 + c0 * (in1 - in0): uncond in0, cond in1, guidance c0 */
+    SD_SOP_EULER,     /* x in0, eps in1; sigma c0, v_out_coef c1, v_in_div c2, dt c3 */
+    SD_SOP_EULER_A,   /* as EULER, noise in2, sigma_up c4 */
+    SD_SOP_DPM_X0,    /* data prediction: x in0, eps in1; alpha c0, sigma c1 */
+    SD_SOP_DPM_1,     /* c0 * x - c1 * m0: x in0, m0 in1 */
+    SD_SOP_DPM_2,     /* (c0 x - c1 m0) - c2 (c3 (m0 - m1)): x in0, m0 in1, m1 in2 */
+    SD_SOP_PNDM_MIX,  /* the combined model output: flags 1 averages this call's (in0)
+                       * with the first's (in1); flags 2, 3, 4 mix that many past
+                       * outputs, newest in0 (c0 = 1/24 for 4) */
+    SD_SOP_PNDM_PREV, /* sample in0, combined output in1; coeff c0, diff c1, denom c2,
+                       * sqrt(alpha) c3, sqrt(1 - alpha) c4 */
+    SD_SOP_DDIM,      /* x in0, eps in1; sqrt_a c0, sqrt_b c1, sqrt_a_prev c2, dir c3,
+                       * clip range c4 */
+    SD_SOP_LMS_DERIV, /* (x - x0) / sigma: x in0, eps in1; sigma c0, v_out_coef c1,
+                       * v_in_div c2 */
+    SD_SOP_LMS_SUM,   /* x + sum of c[j] * in[1 + j] for j < flags: x in0, derivatives
+                       * newest first */
     SD_SOP_COUNT
 } sd_sampler_op_kind;
 
@@ -59,12 +59,9 @@ SD_SAMPLER_FN float sd_sampler_op_elem(const sd_sampler_op *op, int64_t k) {
     const float *c = op->c;
     int v = op->flags & SD_SOP_V_PREDICTION;
     switch (op->kind) {
-    case SD_SOP_COPY:
-        return in[0][k];
-    case SD_SOP_MUL:
-        return in[0][k] * c[0];
-    case SD_SOP_DIV:
-        return in[0][k] / c[0];
+    case SD_SOP_COPY: return in[0][k];
+    case SD_SOP_MUL: return in[0][k] * c[0];
+    case SD_SOP_DIV: return in[0][k] / c[0];
     case SD_SOP_GUIDE: {
         float u = in[0][k];
         return u + c[0] * (in[1][k] - u);
@@ -83,8 +80,7 @@ SD_SAMPLER_FN float sd_sampler_op_elem(const sd_sampler_op *op, int64_t k) {
         if (v)
             return c[0] * in[0][k] - c[1] * in[1][k];
         return (in[0][k] - c[1] * in[1][k]) / c[0];
-    case SD_SOP_DPM_1:
-        return c[0] * in[0][k] - c[1] * in[1][k];
+    case SD_SOP_DPM_1: return c[0] * in[0][k] - c[1] * in[1][k];
     case SD_SOP_DPM_2: {
         float m0 = in[1][k];
         float d1 = c[3] * (m0 - in[2][k]);
@@ -94,13 +90,11 @@ SD_SAMPLER_FN float sd_sampler_op_elem(const sd_sampler_op *op, int64_t k) {
         switch (op->flags) {
         case 1: /* the second call: this output and the first one's, averaged */
             return (in[0][k] + in[1][k]) / 2.0f;
-        case 2:
-            return (3.0f * in[0][k] - in[1][k]) / 2.0f;
-        case 3:
-            return (23.0f * in[0][k] - 16.0f * in[1][k] + 5.0f * in[2][k]) / 12.0f;
+        case 2: return (3.0f * in[0][k] - in[1][k]) / 2.0f;
+        case 3: return (23.0f * in[0][k] - 16.0f * in[1][k] + 5.0f * in[2][k]) / 12.0f;
         default:
-            return c[0] * (55.0f * in[0][k] - 59.0f * in[1][k] + 37.0f * in[2][k] -
-                           9.0f * in[3][k]);
+            return c[0] *
+                   (55.0f * in[0][k] - 59.0f * in[1][k] + 37.0f * in[2][k] - 9.0f * in[3][k]);
         }
     case SD_SOP_PNDM_PREV: {
         float sample = in[0][k];
@@ -131,8 +125,7 @@ SD_SAMPLER_FN float sd_sampler_op_elem(const sd_sampler_op *op, int64_t k) {
             acc = acc + c[j] * in[1 + j][k];
         return in[0][k] + acc;
     }
-    default:
-        return 0.0f; /* unreachable: sd_sampler_op_check refuses other kinds */
+    default: return 0.0f; /* unreachable: sd_sampler_op_check refuses other kinds */
     }
 }
 
@@ -142,25 +135,21 @@ SD_SAMPLER_FN int sd_sampler_op_inputs(const sd_sampler_op *op) {
     switch (op->kind) {
     case SD_SOP_COPY:
     case SD_SOP_MUL:
-    case SD_SOP_DIV:
-        return 1;
+    case SD_SOP_DIV: return 1;
     case SD_SOP_GUIDE:
     case SD_SOP_EULER:
     case SD_SOP_DPM_X0:
     case SD_SOP_DPM_1:
     case SD_SOP_PNDM_PREV:
     case SD_SOP_DDIM:
-    case SD_SOP_LMS_DERIV:
-        return 2;
+    case SD_SOP_LMS_DERIV: return 2;
     case SD_SOP_EULER_A:
-    case SD_SOP_DPM_2:
-        return 3;
+    case SD_SOP_DPM_2: return 3;
     case SD_SOP_PNDM_MIX:
         return op->flags == 1 ? 2 : (op->flags >= 2 && op->flags <= 4 ? op->flags : -1);
     case SD_SOP_LMS_SUM:
         return op->flags >= 1 && op->flags <= SD_SAMPLER_OP_INPUTS - 1 ? op->flags + 1 : -1;
-    default:
-        return -1;
+    default: return -1;
     }
 }
 

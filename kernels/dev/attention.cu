@@ -12,10 +12,11 @@
 //       is kernels/attention.cu's kernel as it first shipped; the shipped one has since
 //       moved on (K fragments by ldmatrix, masking on edge tiles only, loads with
 //       compile-time trip counts, softmax sums from a ones column in V's padding when
-//       D % 16 == 8) and is timed by tools/gpu_profile.sh and checked by
-//       tests/test_cuda_attention.py.
+//       D % 16 == 8): that one is v4.
 //   v3  unfused: S = Q K^T (cuBLAS, f32 out), softmax rows -> P, out = P V (cuBLAS); the
 //       backend's general path
+//   v4  the shipped kernel: kernels/attention.cu included whole, run through its backend
+//       entry point cuda_attention (every shape here takes the fused kernel)
 //
 // Compile (on a machine with CUDA 12+ and cuBLAS), run on an H100:
 //   /usr/local/cuda/bin/nvcc -O3 -std=c++17 -arch=sm_90 -Icsrc -Ikernels \
@@ -39,6 +40,18 @@
 #include <random>
 #include <vector>
 
+#include "dev/harness.cuh"
+
+#include "../attention.cu" // the shipped kernel (not this file): v4 below
+
+// attention.cu's general path, never reached here (every shape fits the fused kernel)
+sd_status cuda_scratch(cuda_scratch_slot, size_t, void **) { return SD_ERR_UNSUPPORTED; }
+sd_status cuda_gemm(bool, int64_t, int64_t, int64_t, const void *, int64_t, int64_t,
+                    const void *, int64_t, int64_t, void *, int64_t, int64_t, int64_t, sd_dtype,
+                    sd_dtype, bool) {
+    return SD_ERR_UNSUPPORTED;
+}
+
 #define CUDA_OK(call)                                                                         \
     do {                                                                                      \
         cudaError_t err_ = (call);                                                            \
@@ -58,17 +71,6 @@
             std::exit(2);                                                                     \
         }                                                                                     \
     } while (0)
-
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) {
-    return __float2half_rn(v);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-    return __float2bfloat16_rn(v);
-}
 
 struct Shape {
     const char *name;
@@ -145,6 +147,10 @@ __global__ void attention_naive_kernel(const T *q, const T *k, const T *v, T *ou
     for (int d = 0; d < D; d++)
         o[d] = from_f32<T>(acc[d] / l);
 }
+
+// The first versions of the fused and unfused kernels live in their own namespace: the
+// shipped file above uses the same names.
+namespace dev {
 
 // ----------------------------------------------------------------- v2: flash ----
 // (kept identical to kernels/attention.cu)
@@ -502,6 +508,8 @@ static void attention_unfused(cublasHandle_t handle, const T *q, const T *k, con
     }
 }
 
+} // namespace dev
+
 // ----------------------------------------------------------------- main ----
 
 template <typename T> static T from_host(float x);
@@ -601,18 +609,27 @@ static bool run_shape(const Shape &s, bool bf16, cublasHandle_t handle, cudaStre
     double tol = bf16 ? 8 * 0.0039 : 8 * 0.00049;
     double flops = 4.0 * s.B * s.H * s.Tq * s.Tk * s.D;
     bool ok = true;
-    const char *names[3] = {"v1 naive", "v2 flash", "v3 cuBLAS+softmax"};
-    for (int ver = 0; ver < 3; ver++) {
+    const char *names[4] = {"v1 naive", "v2 flash", "v3 cuBLAS+softmax", "v4 shipped"};
+    sd_dtype dt = bf16 ? SD_BF16 : SD_F16;
+    sd_tensor tq = {dq, dt, SD_CUDA, 3, {s.B, s.Tq, ld}}, to = tq;
+    sd_tensor tk = {dk, dt, SD_CUDA, 3, {s.B, s.Tk, ld}}, tv = tk;
+    to.data = dout;
+    tv.data = dv;
+    for (int ver = 0; ver < 4; ver++) {
         auto run = [&]() {
             if (ver == 0) {
                 int64_t n = (int64_t)s.B * s.H * s.Tq;
                 attention_naive_kernel<T><<<(unsigned)((n + 127) / 128), 128, 0, stream>>>(
                     dq, dk, dv, dout, s.B, s.Tq, s.Tk, s.H, s.D, s.causal);
             } else if (ver == 1) {
-                launch_flash<T>(dq, dk, dv, dout, s.B, s.Tq, s.Tk, s.H, s.D, s.causal, stream);
-            } else {
-                attention_unfused<T>(handle, dq, dk, dv, dout, ds, dp, s.B, s.Tq, s.Tk, s.H, s.D,
-                                     s.causal, stream);
+                dev::launch_flash<T>(dq, dk, dv, dout, s.B, s.Tq, s.Tk, s.H, s.D, s.causal,
+                                     stream);
+            } else if (ver == 2) {
+                dev::attention_unfused<T>(handle, dq, dk, dv, dout, ds, dp, s.B, s.Tq, s.Tk, s.H,
+                                          s.D, s.causal, stream);
+            } else if (cuda_attention(nullptr, &tq, &tk, &tv, s.H, s.causal, &to) != SD_OK) {
+                std::fprintf(stderr, "v4: cuda_attention failed\n");
+                std::exit(2);
             }
             CUDA_OK(cudaGetLastError());
         };
@@ -650,8 +667,8 @@ int main() {
         {"causal 1x300 2h D96", 1, 2, 300, 300, 96, 1},
         {"odd 1x100x33 3h D120", 1, 3, 100, 33, 120, 0},
     };
-    cudaStream_t stream;
-    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    harness_init(); // the op stream, which the shipped kernel launches on
+    cudaStream_t stream = g_stream;
     cublasHandle_t handle;
     CUBLAS_OK(cublasCreate(&handle));
     CUBLAS_OK(cublasSetStream(handle, stream));
@@ -664,7 +681,6 @@ int main() {
     Shape large = {"large logits 1x512 2h D64", 1, 2, 512, 512, 64, 0};
     ok = run_shape<__half>(large, false, handle, stream, 30.0f) && ok;
     CUBLAS_OK(cublasDestroy(handle));
-    CUDA_OK(cudaStreamDestroy(stream));
     std::printf(ok ? "all checks passed\n" : "SOME CHECKS FAILED\n");
     return ok ? 0 : 1;
 }

@@ -12,76 +12,17 @@
 //       (group_norm_partial_kernel), merged by group_norm_apply_kernel, which normalises.
 //   op  the backend entry point cuda_group_norm, which picks v2 or v3 by its heuristic.
 // v2, v3 and op are the shipped code: norm.cu is included whole, with the few host
-// functions of backend_cuda.cu it calls stubbed below. Exits 1 when any check fails.
+// functions of backend_cuda.cu it calls stubbed (dev/harness.cuh). Exits 1 when any check
+// fails.
 //
 // GB/s counts the bytes the scheme moves: x read twice (statistics, normalise) and out
 // written once (v1 reads x three times but is credited with the same bytes).
-#include <algorithm>
 #include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
-#include <vector>
+
+#include "dev/harness.cuh"
 
 #include "norm.cu"
-
-// ------------------------------------------------------------ host stubs -----
-
-static sd_status harness_fail(sd_status status, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    std::vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    std::fprintf(stderr, "\n");
-    return status;
-}
-static const sd_host_api harness_host = {SD_CUDA_ABI_VERSION, harness_fail, nullptr, nullptr};
-const sd_host_api *g_host = &harness_host;
-
-sd_status cuda_check(cudaError_t err, const char *what) {
-    if (err == cudaSuccess)
-        return SD_OK;
-    return g_host->fail(SD_ERR_DEVICE, "%s: %s", what, cudaGetErrorString(err));
-}
-
-static cudaStream_t g_stream;
-cudaStream_t cuda_stream() { return g_stream; }
-
-sd_status cuda_need(const sd_tensor *t, const char *op, const char *arg) {
-    if (!t || !t->data)
-        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' is missing", op, arg);
-    return SD_OK;
-}
-sd_status cuda_need_shape(const sd_tensor *like, const sd_tensor *t, const char *op,
-                          const char *arg) {
-    for (int i = 0; i < SD_MAX_DIMS; i++)
-        if (like->ndim != t->ndim || like->shape[i] != t->shape[i])
-            return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' has another shape", op, arg);
-    return SD_OK;
-}
-sd_status cuda_need_dtype(const sd_tensor *like, const sd_tensor *t, const char *op,
-                          const char *arg) {
-    if (like->dtype != t->dtype)
-        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' has another dtype", op, arg);
-    return SD_OK;
-}
-sd_status cuda_need_vector(const sd_tensor *t, int64_t len, const char *op, const char *arg) {
-    if (!t || !t->data || t->ndim != 1 || t->shape[0] != len)
-        return g_host->fail(SD_ERR_INVALID, "%s: argument '%s' is not (%lld,)", op, arg,
-                            (long long)len);
-    return SD_OK;
-}
-
-#define CHECK_CUDA(call)                                                                      \
-    do {                                                                                      \
-        cudaError_t e_ = (call);                                                              \
-        if (e_ != cudaSuccess) {                                                              \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call,                 \
-                         cudaGetErrorString(e_));                                             \
-            std::exit(2);                                                                     \
-        }                                                                                     \
-    } while (0)
 
 // ------------------------------------------------------------ reference ------
 
@@ -148,12 +89,18 @@ struct gn_case {
 enum version { V1, V2, V3, OP, VERSIONS };
 static const char *version_name[VERSIONS] = {"v1", "v2", "v3", "op"};
 
-static sd_dtype dtype_of(float) { return SD_F32; }
-static sd_dtype dtype_of(__half) { return SD_F16; }
-static sd_dtype dtype_of(__nv_bfloat16) { return SD_BF16; }
+static sd_dtype dtype_of(float) {
+    return SD_F32;
+}
+static sd_dtype dtype_of(__half) {
+    return SD_F16;
+}
+static sd_dtype dtype_of(__nv_bfloat16) {
+    return SD_BF16;
+}
 
-template <typename T> static sd_status run_version(version v, const gn_case &k, T *x, T *out,
-                                                   float *gamma, float *beta) {
+template <typename T>
+static sd_status run_version(version v, const gn_case &k, T *x, T *out, float *gamma, float *beta) {
     int64_t S = (int64_t)k.H * k.W;
     int cpg = k.C / k.groups;
     int64_t groups_total = (int64_t)k.B * k.groups;
@@ -171,8 +118,8 @@ template <typename T> static sd_status run_version(version v, const gn_case &k, 
         if (v == V3) // the heuristic's choice, at least two
             slices = std::max(2, group_norm_slices(groups_total, (int64_t)cpg * S));
         if (packs)
-            return launch_group_norm<T, P>(x, out, groups_total, S, cpg, k.groups, 1e-5f, a,
-                                           k.silu, slices);
+            return launch_group_norm<T, P>(x, out, groups_total, S, cpg, k.groups, 1e-5f, a, k.silu,
+                                           slices);
         return launch_group_norm<T, 1>(x, out, groups_total, S, cpg, k.groups, 1e-5f, a, k.silu,
                                        slices);
     }
@@ -187,7 +134,6 @@ template <typename T> static sd_status run_version(version v, const gn_case &k, 
     }
     }
 }
-
 
 // Returns the number of failed checks.
 template <typename T> static int run_case(const gn_case &k, const char *dtype, float tol) {
@@ -222,7 +168,9 @@ template <typename T> static int run_case(const gn_case &k, const char *dtype, f
     int failures = 0;
     double bytes = 3.0 * (double)N * sizeof(T);
     for (int v = 0; v < VERSIONS; v++) {
-        CHECK_CUDA(cudaMemset(dout, 0xff, N * sizeof(T))); // NaN where nothing is written
+        // NaN where nothing is written; on the op stream: a plain cudaMemset runs on the legacy
+        // stream, which a non-blocking stream does not wait for
+        CHECK_CUDA(cudaMemsetAsync(dout, 0xff, N * sizeof(T), g_stream));
         if (run_version<T>((version)v, k, dx, dout, dg, db) != SD_OK) {
             std::printf("%-28s %-5s %-3s launch FAILED\n", k.what, dtype, version_name[v]);
             failures++;
@@ -239,30 +187,10 @@ template <typename T> static int run_case(const gn_case &k, const char *dtype, f
         bool ok = err <= tol;
         failures += !ok;
 
-        // time: warm-up, then the median of 15 samples of 10 launches each
-        for (int i = 0; i < 3; i++)
-            run_version<T>((version)v, k, dx, dout, dg, db);
-        cudaEvent_t t0, t1;
-        CHECK_CUDA(cudaEventCreate(&t0));
-        CHECK_CUDA(cudaEventCreate(&t1));
-        std::vector<float> samples;
-        for (int r = 0; r < 15; r++) {
-            CHECK_CUDA(cudaEventRecord(t0, g_stream));
-            for (int i = 0; i < 10; i++)
-                run_version<T>((version)v, k, dx, dout, dg, db);
-            CHECK_CUDA(cudaEventRecord(t1, g_stream));
-            CHECK_CUDA(cudaEventSynchronize(t1));
-            float ms = 0.0f;
-            CHECK_CUDA(cudaEventElapsedTime(&ms, t0, t1));
-            samples.push_back(ms / 10.0f);
-        }
-        std::sort(samples.begin(), samples.end());
-        float ms = samples[samples.size() / 2];
+        float ms = time_ms([&] { run_version<T>((version)v, k, dx, dout, dg, db); });
         std::printf("%-28s %-5s %-3s %9.2f us %8.0f GB/s   max err %.2e %s\n", k.what, dtype,
                     version_name[v], ms * 1e3f, bytes / (ms * 1e-3) / 1e9, err,
                     ok ? "ok" : "FAILED");
-        CHECK_CUDA(cudaEventDestroy(t0));
-        CHECK_CUDA(cudaEventDestroy(t1));
     }
     CHECK_CUDA(cudaFree(dx));
     CHECK_CUDA(cudaFree(dout));
@@ -272,10 +200,7 @@ template <typename T> static int run_case(const gn_case &k, const char *dtype, f
 }
 
 int main() {
-    CHECK_CUDA(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
-    cudaDeviceProp prop;
-    CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
-    std::printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    harness_init();
     const gn_case cases[] = {
         {2, 320, 64, 64, 32, true, "UNet (2, 320, 64, 64) silu"},
         {2, 640, 32, 32, 32, true, "UNet (2, 640, 32, 32) silu"},
