@@ -22,7 +22,7 @@ for step in $steps; do
     case $step in
     harness)
         stamp harnesses
-        timeout ${HARNESS_S:-120} bash tools/gpu_dev.sh > "$OUT/harness.log" 2>&1
+        timeout ${HARNESS_S:-300} bash tools/gpu_dev.sh > "$OUT/harness.log" 2>&1
         echo "harness exit $?" >> "$OUT/harness.log"
         ;;
     tests)
