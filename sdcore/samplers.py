@@ -13,9 +13,9 @@ name                    diffusers scheduler
 ``lms``                 ``LMSDiscreteScheduler`` (order 4)
 ======================  =====================================================================
 
-``Sampler(name, num_steps, config=None)`` takes a scheduler config dict as a model's
-``scheduler/scheduler_config.json`` holds it (SD 1.5's when None). Each scheduler class keeps
-its own default ``timestep_spacing`` when the config has none, as diffusers' ``from_config``
+``Sampler(name, num_steps, config=None, device="cpu")`` takes a scheduler config dict as a
+model's ``scheduler/scheduler_config.json`` holds it (SD 1.5's when None). Each scheduler
+class keeps its own default ``timestep_spacing`` when the config has none, as diffusers' ``from_config``
 does: ``leading`` for ddim and pndm, ``linspace`` for the others. Read keys:
 ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule`` (``scaled_linear``
 or ``linear``), ``trained_betas``, ``prediction_type`` (``epsilon`` or ``v_prediction``),
@@ -26,6 +26,9 @@ Keys that only name another scheduler's choices (``_class_name``, ``skip_prk_ste
 ``solver_order``, ``algorithm_type``, ...) are ignored; keys asking for what these samplers
 do not implement (``thresholding``, ``rescale_betas_zero_snr``, non-linear
 ``interpolation_type``, ...) raise ValueError naming the key.
+
+With ``device="cuda"`` each update runs on the GPU, as the pipeline runs it there (the
+arrays go to the device and back each call); the results equal the CPU's bit for bit.
 
 A sampling loop::
 
