@@ -147,47 +147,22 @@ static sd_status plan_copy(const sd_backend *be, sd_tensor *dst, const sd_tensor
     return SD_OK;
 }
 
-static void fill(sd_backend *b, const sd_backend *real) {
-    b->name = "plan";
-    b->device = real->device;
-    b->alloc = plan_alloc;
-    b->free = plan_free;
-    b->upload = plan_upload;
-    b->download = plan_download;
-    b->synchronize = plan_synchronize;
-    b->linear = plan_linear;
-    b->linear_add = plan_linear_add;
-    b->matmul = plan_matmul;
-    b->conv2d = plan_conv2d;
-    b->conv2d_add = plan_conv2d_add;
-    b->group_norm = plan_group_norm;
-    b->layer_norm = plan_layer_norm;
-    b->attention = plan_attention;
-    b->softmax = plan_softmax;
-    b->gelu = plan_gelu;
-    b->quick_gelu = plan_quick_gelu;
-    b->silu = plan_silu;
-    b->geglu = plan_geglu;
-    b->upsample_nearest2x = plan_upsample_nearest2x;
-    b->concat_channels = plan_concat_channels;
-    b->add = plan_add;
-    b->mul = plan_mul;
-    b->scale = plan_scale;
-    b->convert = plan_convert;
-    b->timestep_embedding = plan_timestep_embedding;
-    b->transpose_last2 = plan_transpose_last2;
-    b->embedding = plan_embedding;
-    b->pad_bottom_right = plan_pad_bottom_right;
-    b->sampler_op = plan_sampler_op;
-    b->copy = plan_copy;
-}
+/* Every op of the table, for each device kind (models read be->device). */
+#define PLAN_OPS                                                                                   \
+    .alloc = plan_alloc, .free = plan_free, .upload = plan_upload, .download = plan_download,      \
+    .synchronize = plan_synchronize, .linear = plan_linear, .linear_add = plan_linear_add,         \
+    .matmul = plan_matmul, .conv2d = plan_conv2d, .conv2d_add = plan_conv2d_add,                   \
+    .group_norm = plan_group_norm, .layer_norm = plan_layer_norm, .attention = plan_attention,     \
+    .softmax = plan_softmax, .gelu = plan_gelu, .quick_gelu = plan_quick_gelu, .silu = plan_silu,  \
+    .geglu = plan_geglu, .upsample_nearest2x = plan_upsample_nearest2x,                            \
+    .concat_channels = plan_concat_channels, .add = plan_add, .mul = plan_mul,                     \
+    .scale = plan_scale, .convert = plan_convert, .timestep_embedding = plan_timestep_embedding,   \
+    .transpose_last2 = plan_transpose_last2, .embedding = plan_embedding,                          \
+    .pad_bottom_right = plan_pad_bottom_right, .sampler_op = plan_sampler_op, .copy = plan_copy
+
+static const sd_backend plan_cpu = {.name = "plan", .device = SD_CPU, PLAN_OPS};
+static const sd_backend plan_gpu = {.name = "plan", .device = SD_CUDA, PLAN_OPS};
 
 const sd_backend *sd_plan_backend(const sd_backend *real) {
-    /* one per device kind, filled on first use (under the GIL or the model lock: the
-     * same values each time, so a race writes what is already there) */
-    static sd_backend cpu, gpu;
-    sd_backend *b = real->device == SD_CPU ? &cpu : &gpu;
-    if (!b->name)
-        fill(b, real);
-    return b;
+    return real->device == SD_CPU ? &plan_cpu : &plan_gpu;
 }
