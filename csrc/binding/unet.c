@@ -555,7 +555,7 @@ static PyMethodDef unet_methods[] = {
 static PyGetSetDef unet_getset[] = {
     {"config", (getter)unet_get_config, NULL, "the config dict the model was built from", NULL},
     {"activation_bytes", (getter)unet_get_activation_bytes, NULL,
-     "bytes of activation buffers held (planned by the first forward)", NULL},
+     "bytes of the activation buffer held (sized before each forward by planning it)", NULL},
     {"device", (getter)unet_get_device, NULL, "the backend the model runs on", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
