@@ -15,8 +15,8 @@ name                    diffusers scheduler
 
 ``Sampler(name, num_steps, config=None, device="cpu")`` takes a scheduler config dict as a
 model's ``scheduler/scheduler_config.json`` holds it (SD 1.5's when None). Each scheduler
-class keeps its own default ``timestep_spacing`` when the config has none, as diffusers' ``from_config``
-does: ``leading`` for ddim and pndm, ``linspace`` for the others. Read keys:
+class keeps its own default ``timestep_spacing`` when the config has none, as diffusers'
+``from_config`` does: ``leading`` for ddim and pndm, ``linspace`` for the others. Read keys:
 ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule`` (``scaled_linear``
 or ``linear``), ``trained_betas``, ``prediction_type`` (``epsilon`` or ``v_prediction``),
 ``steps_offset``, ``timestep_spacing``, ``clip_sample`` and ``clip_sample_range`` (ddim),

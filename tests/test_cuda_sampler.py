@@ -9,6 +9,7 @@ Inputs are fresh random model outputs and noise each run, at the latent shape of
 
 import numpy as np
 import pytest
+from test_samplers import SD15_CONFIG as SD15  # SD 1.5's scheduler config
 
 import sdcore
 from sdcore import _C
@@ -16,16 +17,6 @@ from sdcore import _C
 available, reason = sdcore.cuda_available()
 cuda = pytest.mark.skipif(not available, reason=f"no CUDA: {reason}")
 
-SD15 = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-}
 VARIANTS = [
     ({}, (2, 4, 64, 64)),
     ({"prediction_type": "v_prediction"}, (1, 4, 9, 7)),
