@@ -125,6 +125,13 @@ def test_generate_in_the_browser(page, demo_url, tmp_path):
         f"Size: 128x128, Model: sdcore-shapes, Version: sdcore {sdcore.__version__}"
     )
     expect(page.locator("#sd-message")).to_have_text("")
+    # visible is not loaded: the browser may still be fetching the PNG; wait for it to
+    # finish (it fails the wait, not just the check, if it never decodes)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#sd-gallery img'); "
+        "return i !== null && i.complete; }",
+        timeout=10_000,
+    )
     loaded = page.locator("#sd-gallery img").first.evaluate("img => img.naturalWidth")
     assert loaded > 0
 
