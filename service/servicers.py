@@ -62,7 +62,7 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
         params = params_from_request(self.core, request)
         job = self.core.submit(params, context, job_id=request.job_id)
         await context.send_initial_metadata((("x-job-id", job.id),))
-        images = await self.core.result(job, context)
+        images = await self.core.result(job)
         return response_from_job(job, images)
 
     @rpc_method("GenerateStream", streaming=True)
@@ -85,7 +85,7 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
                         progress=pb.Progress(job_id=job.id, step=step, total=total, preview_png=png)
                     )
         except (asyncio.CancelledError, GeneratorExit):
-            self.core.abandon(job, context)
+            self.core.abandon(job)
             raise
         images = job.future.result()  # raises the job's error, if it failed
         yield pb.GenerateEvent(result=response_from_job(job, images))
