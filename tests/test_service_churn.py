@@ -34,7 +34,8 @@ CALLS = int(os.environ.get("SDCORE_CHURN_CALLS", "240"))
 def start_server(log_path):
     log_file = open(log_path, "w")  # a file, not a pipe: a pipe nobody reads would block the server
     proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-m", "service", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-X", "faulthandler", "-m", "service"]
+        + ["--host", "127.0.0.1", "--port", "0"],
         cwd=ROOT,
         stderr=log_file,
         stdout=log_file,
