@@ -4,6 +4,7 @@ wrapper that turns service errors into gRPC status codes, counts RPCs and logs t
 import asyncio
 import concurrent.futures
 import functools
+import hashlib
 import logging
 import math
 import resource
@@ -13,8 +14,9 @@ import time
 import grpc
 
 import sdcore
+from service.auth import API_KEY_HEADER
 from service.errors import InvalidArgument, ServiceError, Unavailable
-from service.scheduler import Job, ModelSlot, Params, Scheduler
+from service.scheduler import EmbeddingParams, Job, ModelSlot, Params, Scheduler
 
 log = logging.getLogger("service")
 
@@ -44,6 +46,7 @@ class ServiceCore:
             max_batch_size=config.max_batch_size,
             batch_wait_s=config.batch_wait_ms / 1000.0,
             metrics=metrics,
+            max_queue_cost=config.max_queue_cost,
         )
         self.started = time.monotonic()
         self.state = "loading"  # loading, ready, shutting_down
@@ -177,7 +180,32 @@ class ServiceCore:
             model=slot.name,
         )
 
+    def check_budget(self, params):
+        """The service's own limits on one request: its work (--max-request-cost) and the size
+        of its reply (--max-message-size). Raised before the job is queued."""
+        cfg = self.config
+        if params.cost > cfg.max_request_cost:
+            raise InvalidArgument(
+                f"cost: {params.width}x{params.height} pixels x {params.steps} steps x "
+                f"{params.num_images} images is {params.cost:.4g} units of 2^20 pixel-steps, over "
+                f"this server's budget of {cfg.max_request_cost:.4g} per request "
+                "(--max-request-cost); ask for fewer steps, images or pixels"
+            )
+        # a PNG is at most its raw rows (one filter byte each) plus zlib's and its chunks' overhead
+        raw = params.height * (params.width * 3 + 1)
+        reply = params.num_images * (raw + raw // 1000 + 4096)
+        if reply > cfg.max_message_size:
+            raise InvalidArgument(
+                f"num_images: {params.num_images} images of {params.width}x{params.height} may "
+                f"need {reply} bytes, more than this server's largest message of "
+                f"{cfg.max_message_size} bytes (--max-message-size)"
+            )
+
     def submit(self, params, context, job_id="", want_events=False, preview=False):
+        """Queue a job for a validated request; `context` is the RPC's, read here while the
+        RPC is certainly alive (never after)."""
+        if isinstance(params, Params):
+            self.check_budget(params)
         remaining = context.time_remaining() if context is not None else None
         deadline = time.monotonic() + remaining if remaining is not None else None
         job = Job(
@@ -186,8 +214,15 @@ class ServiceCore:
             want_events=want_events,
             preview=preview,
             deadline=deadline,
+            owner=caller(context),
         )
         return self.scheduler.submit(job)
+
+    async def embedding(self, prompt, model, context):
+        """A prompt's embedding, through the same queue as generations."""
+        slot = self.slot(model)
+        job = self.submit(EmbeddingParams(prompt=prompt, model=slot.name), context)
+        return slot, await self.result(job)
 
     async def result(self, job):
         """Wait for the job's images. If the RPC is cancelled meanwhile, the job is dropped."""
@@ -209,14 +244,30 @@ class ServiceCore:
         return job, await self.result(job)
 
     async def close(self, grace):
+        """Finish or answer every job within `grace` seconds (and the engine's stop wait).
+        Returns False when an engine call is still running its last step."""
         self.state = "shutting_down"
-        await self.scheduler.close(grace)
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        idle = await self.scheduler.close(grace)
+        self.executor.shutdown(wait=idle, cancel_futures=True)
+        return idle
 
     # -- status ---------------------------------------------------------------------------
 
     def uptime(self):
         return time.monotonic() - self.started
+
+
+def caller(context):
+    """Who makes this call, for Cancel's ownership check: the digest of the API key it carries,
+    else its address without the port (a client may cancel from another connection)."""
+    if context is None:
+        return None
+    for key, value in context.invocation_metadata() or ():
+        if key == API_KEY_HEADER:
+            value = value.encode() if isinstance(value, str) else value
+            return "key:" + hashlib.sha256(value).hexdigest()
+    peer = context.peer() or ""
+    return "peer:" + peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else "peer:" + peer
 
 
 def memory_bytes():
