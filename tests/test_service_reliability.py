@@ -5,7 +5,6 @@ import io
 import json
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -266,14 +265,11 @@ def test_a_request_that_does_not_parse_is_invalid_argument(payload, reason):
     with ServerThread(make_config(), [engine]) as srv:
         for method in ("Generate", "GenerateStream", "GetEmbedding", "Cancel"):
             path = f"/sdcore.v1.Sdcore/{method}"
-            if method == "GenerateStream":
-                call = srv.channel().unary_stream(path)
-                run = lambda: list(call(payload, timeout=10))  # noqa: E731
-            else:
-                call = srv.channel().unary_unary(path)
-                run = lambda: call(payload, timeout=10)  # noqa: E731
             with pytest.raises(grpc.RpcError) as e:
-                run()
+                if method == "GenerateStream":
+                    list(srv.channel().unary_stream(path)(payload, timeout=10))
+                else:
+                    srv.channel().unary_unary(path)(payload, timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
             assert reason in e.value.details()
         assert engine.calls == []
