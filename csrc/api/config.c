@@ -53,7 +53,9 @@ sd_status sd_config_read(const char *path, sd_json *out) {
 
 /* ------------------------------------------------------------- fields ---- */
 
-static int is_null(const sd_json *v) { return !v || v->kind == SD_JSON_NULL; }
+static int is_null(const sd_json *v) {
+    return !v || v->kind == SD_JSON_NULL;
+}
 
 static sd_status get_int(const sd_json *cfg, const char *src, const char *key, long fallback,
                          long lo, long hi, int *out) {
@@ -85,8 +87,8 @@ static sd_status as_number(const sd_json *v, const char *src, const char *key, d
     return SD_OK;
 }
 
-static sd_status get_number(const sd_json *cfg, const char *src, const char *key,
-                            double fallback, double *out) {
+static sd_status get_number(const sd_json *cfg, const char *src, const char *key, double fallback,
+                            double *out) {
     const sd_json *v = sd_json_get(cfg, key);
     *out = fallback;
     return v ? as_number(v, src, key, out) : SD_OK;
@@ -123,13 +125,13 @@ static sd_status get_string(const sd_json *cfg, const char *src, const char *key
 }
 
 /* An int per block: one int for all, or a list of n. */
-static sd_status get_per_block(const sd_json *cfg, const char *src, const char *key,
-                               long fallback, int n, long lo, long hi, int *out) {
+static sd_status get_per_block(const sd_json *cfg, const char *src, const char *key, long fallback,
+                               int n, long lo, long hi, int *out) {
     const sd_json *v = sd_json_get(cfg, key);
     if (v && v->kind == SD_JSON_ARRAY) {
         if ((int)v->u.array.count != n)
-            return sd_fail(SD_ERR_FORMAT, "%s: '%s' must have %d entries (one per block)", src,
-                           key, n);
+            return sd_fail(SD_ERR_FORMAT, "%s: '%s' must have %d entries (one per block)", src, key,
+                           n);
         for (int i = 0; i < n; i++) {
             const sd_json *x = &v->u.array.items[i];
             if (x->kind != SD_JSON_INT || x->u.integer < lo || x->u.integer > hi)
@@ -217,13 +219,25 @@ static const struct {
 
 /* accepted without effect on the computation, or read below */
 static const char *const unet_known[] = {
-    "sample_size",         "upcast_attention",   "dropout",
-    "addition_embed_type_num_heads",             "in_channels",
-    "out_channels",        "block_out_channels", "layers_per_block",
-    "down_block_types",    "up_block_types",     "cross_attention_dim",
-    "attention_head_dim",  "transformer_layers_per_block",
-    "norm_num_groups",     "norm_eps",           "use_linear_projection",
-    "flip_sin_to_cos",     "freq_shift",         "time_embedding_dim",
+    "sample_size",
+    "upcast_attention",
+    "dropout",
+    "addition_embed_type_num_heads",
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "up_block_types",
+    "cross_attention_dim",
+    "attention_head_dim",
+    "transformer_layers_per_block",
+    "norm_num_groups",
+    "norm_eps",
+    "use_linear_projection",
+    "flip_sin_to_cos",
+    "freq_shift",
+    "time_embedding_dim",
 };
 
 static int number_is(const sd_json *v, double x) {
@@ -247,7 +261,8 @@ static sd_status unet_check_fields(const sd_json *cfg, const char *src) {
             int ok = 0;
             switch (unet_fixed[i].acc) {
             case ACC_NULL: ok = v->kind == SD_JSON_NULL; break;
-            case ACC_FALSE: ok = (v->kind == SD_JSON_BOOL && !v->u.boolean) || number_is(v, 0);
+            case ACC_FALSE:
+                ok = (v->kind == SD_JSON_BOOL && !v->u.boolean) || number_is(v, 0);
                 break;
             case ACC_NULL_OR_FALSE:
                 ok = v->kind == SD_JSON_NULL || (v->kind == SD_JSON_BOOL && !v->u.boolean);
@@ -255,7 +270,8 @@ static sd_status unet_check_fields(const sd_json *cfg, const char *src) {
             case ACC_ONE: ok = number_is(v, 1); break;
             case ACC_THREE: ok = number_is(v, 3); break;
             case ACC_STRING:
-                ok = v->kind == SD_JSON_STRING && strcmp(v->u.string.data, unet_fixed[i].string) == 0;
+                ok = v->kind == SD_JSON_STRING &&
+                     strcmp(v->u.string.data, unet_fixed[i].string) == 0;
                 break;
             }
             if (!ok)
@@ -268,8 +284,7 @@ static sd_status unet_check_fields(const sd_json *cfg, const char *src) {
     return SD_OK;
 }
 
-sd_status sd_config_unet(const sd_json *cfg, const char *src, sd_unet_config *c,
-                         int *sample_size) {
+sd_status sd_config_unet(const sd_json *cfg, const char *src, sd_unet_config *c, int *sample_size) {
     memset(c, 0, sizeof *c);
     SD_TRY(unet_check_fields(cfg, src));
     /* missing keys take SD 1.x's values, as sdcore/checkpoint.py fills them */
@@ -278,11 +293,13 @@ sd_status sd_config_unet(const sd_json *cfg, const char *src, sd_unet_config *c,
     if (blocks) {
         if (blocks->kind != SD_JSON_ARRAY || blocks->u.array.count < 1 ||
             blocks->u.array.count > SD_UNET_MAX_BLOCKS)
-            return sd_fail(SD_ERR_FORMAT, "%s: 'block_out_channels' must be a list of 1 to %d "
-                           "channel counts", src, SD_UNET_MAX_BLOCKS);
+            return sd_fail(SD_ERR_FORMAT,
+                           "%s: 'block_out_channels' must be a list of 1 to %d "
+                           "channel counts",
+                           src, SD_UNET_MAX_BLOCKS);
         n = (int)blocks->u.array.count;
-        SD_TRY(get_per_block(cfg, src, "block_out_channels", 0, n, 1, 65536,
-                             c->block_out_channels));
+        SD_TRY(
+            get_per_block(cfg, src, "block_out_channels", 0, n, 1, 65536, c->block_out_channels));
     } else {
         static const int sd1[4] = {320, 640, 1280, 1280};
         memcpy(c->block_out_channels, sd1, sizeof sd1);
@@ -293,10 +310,10 @@ sd_status sd_config_unet(const sd_json *cfg, const char *src, sd_unet_config *c,
     SD_TRY(get_per_block(cfg, src, "layers_per_block", 2, n, 1, SD_UNET_MAX_LAYERS,
                          c->layers_per_block));
     static const int sd1_down[4] = {1, 1, 1, 0}, sd1_up[4] = {0, 1, 1, 1};
-    SD_TRY(get_block_types(cfg, src, "down_block_types", n, "CrossAttnDownBlock2D",
-                           "DownBlock2D", sd1_down, c->down_cross_attention));
-    SD_TRY(get_block_types(cfg, src, "up_block_types", n, "CrossAttnUpBlock2D", "UpBlock2D",
-                           sd1_up, c->up_cross_attention));
+    SD_TRY(get_block_types(cfg, src, "down_block_types", n, "CrossAttnDownBlock2D", "DownBlock2D",
+                           sd1_down, c->down_cross_attention));
+    SD_TRY(get_block_types(cfg, src, "up_block_types", n, "CrossAttnUpBlock2D", "UpBlock2D", sd1_up,
+                           c->up_cross_attention));
     SD_TRY(get_int(cfg, src, "cross_attention_dim", 768, 1, 65536, &c->cross_attention_dim));
     /* diffusers' naming quirk: attention_head_dim is the number of heads */
     SD_TRY(get_per_block(cfg, src, "attention_head_dim", 8, n, 1, 65536, c->attention_heads));
@@ -342,19 +359,21 @@ sd_status sd_config_vae(const sd_json *cfg, const char *src, sd_vae_config *c,
     if (blocks) {
         if (blocks->kind != SD_JSON_ARRAY || blocks->u.array.count < 1 ||
             blocks->u.array.count > SD_VAE_MAX_BLOCKS)
-            return sd_fail(SD_ERR_FORMAT, "%s: 'block_out_channels' must be a list of 1 to %d "
-                           "channel counts", src, SD_VAE_MAX_BLOCKS);
+            return sd_fail(SD_ERR_FORMAT,
+                           "%s: 'block_out_channels' must be a list of 1 to %d "
+                           "channel counts",
+                           src, SD_VAE_MAX_BLOCKS);
         n = (int)blocks->u.array.count;
-        SD_TRY(get_per_block(cfg, src, "block_out_channels", 0, n, 1, 1 << 20,
-                             c->block_out_channels));
+        SD_TRY(
+            get_per_block(cfg, src, "block_out_channels", 0, n, 1, 1 << 20, c->block_out_channels));
     } else {
         static const int sd1[4] = {128, 256, 512, 512};
         memcpy(c->block_out_channels, sd1, sizeof sd1);
     }
     c->num_blocks = n;
     int types[SD_VAE_MAX_BLOCKS], zeros[SD_VAE_MAX_BLOCKS] = {0};
-    SD_TRY(get_block_types(cfg, src, "down_block_types", n, NULL, "DownEncoderBlock2D", zeros,
-                           types));
+    SD_TRY(
+        get_block_types(cfg, src, "down_block_types", n, NULL, "DownEncoderBlock2D", zeros, types));
     SD_TRY(get_block_types(cfg, src, "up_block_types", n, NULL, "UpDecoderBlock2D", zeros, types));
     SD_TRY(get_int(cfg, src, "in_channels", 3, 1, 4096, &c->in_channels));
     SD_TRY(get_int(cfg, src, "out_channels", 3, 1, 4096, &c->out_channels));
@@ -380,8 +399,7 @@ sd_status sd_config_clip(const sd_json *cfg, const char *src, sd_clip_config *c)
     SD_TRY(get_int(cfg, src, "intermediate_size", 3072, 1, big, &c->intermediate_size));
     SD_TRY(get_int(cfg, src, "num_hidden_layers", 12, 1, big, &c->num_hidden_layers));
     SD_TRY(get_int(cfg, src, "num_attention_heads", 12, 1, big, &c->num_attention_heads));
-    SD_TRY(get_int(cfg, src, "max_position_embeddings", 77, 1, big,
-                   &c->max_position_embeddings));
+    SD_TRY(get_int(cfg, src, "max_position_embeddings", 77, 1, big, &c->max_position_embeddings));
     double eps;
     SD_TRY(get_number(cfg, src, "layer_norm_eps", 1e-5, &eps));
     if (!(eps > 0))
@@ -395,7 +413,8 @@ sd_status sd_config_clip(const sd_json *cfg, const char *src, sd_clip_config *c)
         /* the OpenCLIP text encoder of SD 2.x (sdcore/checkpoint.py refuses it too) */
         return sd_fail(SD_ERR_UNSUPPORTED,
                        "%s: SD 2.x folders (OpenCLIP text encoder, hidden_act 'gelu') are not "
-                       "supported yet", src);
+                       "supported yet",
+                       src);
     else
         return sd_fail(SD_ERR_FORMAT,
                        "%s: 'hidden_act' must be one of 'gelu', 'quick_gelu', got '%s'", src, act);
@@ -527,7 +546,8 @@ sd_status sd_config_sampler(const sd_json *cfg, const char *src, sd_sampler_conf
         if (v->kind != SD_JSON_ARRAY || (long)v->u.array.count != c->num_train_timesteps)
             return sd_fail(SD_ERR_FORMAT,
                            "%s: 'trained_betas' must be a list of num_train_timesteps (%d) "
-                           "numbers", src, c->num_train_timesteps);
+                           "numbers",
+                           src, c->num_train_timesteps);
         float *b = malloc(sizeof(float) * v->u.array.count);
         if (!b)
             return sd_fail(SD_ERR_NOMEM, "%s: cannot allocate trained_betas", src);

@@ -33,8 +33,7 @@ static int64_t utf8_chars(const char *s) {
 }
 
 static int ascii_word_char(unsigned char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           c == '_';
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
 }
 
 /* The emphasis syntax of sdcore/prompt.py is read by the Python package only: a prompt
@@ -51,7 +50,8 @@ static sd_status check_plain_prompt(const char *text, const char *field) {
     for (const char *at = strstr(text, "BREAK"); at; at = strstr(at + 1, "BREAK")) {
         unsigned char before = at > text ? (unsigned char)at[-1] : ' ';
         unsigned char after = (unsigned char)at[5];
-        if (!(before < 0x80 && ascii_word_char(before)) && !(after < 0x80 && ascii_word_char(after)))
+        if (!(before < 0x80 && ascii_word_char(before)) &&
+            !(after < 0x80 && ascii_word_char(after)))
             return sd_fail(SD_ERR_UNSUPPORTED,
                            "%s: BREAK is prompt syntax, which the C library does not read (use "
                            "the Python package)",
@@ -64,8 +64,7 @@ static sd_status check_text(const char *text, const char *field) {
     if (!text)
         return sd_fail(SD_ERR_INVALID, "%s: no text given", field);
     if (utf8_chars(text) > SD_MAX_PROMPT_CHARS)
-        return sd_fail(SD_ERR_INVALID, "%s: longer than %d characters", field,
-                       SD_MAX_PROMPT_CHARS);
+        return sd_fail(SD_ERR_INVALID, "%s: longer than %d characters", field, SD_MAX_PROMPT_CHARS);
     return check_plain_prompt(text, field);
 }
 
@@ -155,8 +154,8 @@ static char *infotext(const sd_model *m, const char *prompt, const char *negativ
     char *out = malloc((size_t)n + 1);
     if (out)
         snprintf(out, (size_t)n + 1, fmt, prompt, neg_head, neg, "\n", steps,
-                 sampler_display(sampler), cfg, (unsigned long long)seed, width, height,
-                 m->name, SDCORE_VERSION);
+                 sampler_display(sampler), cfg, (unsigned long long)seed, width, height, m->name,
+                 SDCORE_VERSION);
     return out;
 }
 

@@ -116,9 +116,8 @@ static sd_status open_weights(const char *folder, const char *component, const c
     return sd_safetensors_open_ex(path, &opt, out, NULL);
 }
 
-static sd_status read_component_config(const char *folder, const char *component,
-                                       const char *file, sd_json *cfg, char *path,
-                                       size_t size) {
+static sd_status read_component_config(const char *folder, const char *component, const char *file,
+                                       sd_json *cfg, char *path, size_t size) {
     snprintf(path, size, "%s/%s/%s", folder, component, file);
     if (!is_file(path))
         return sd_fail(SD_ERR_IO, "%s: the %s's config is missing", path, component);
@@ -149,11 +148,11 @@ static sd_status read_model_defaults(const char *folder, sd_model *m) {
     const sd_json *g = sd_json_get(&cfg, "guidance_scale");
     if (name && (name->kind != SD_JSON_STRING || !name->u.string.len))
         s = sd_fail(SD_ERR_FORMAT, "%s: 'name' must be a non-empty string", path);
-    else if (g && !((g->kind == SD_JSON_NUMBER && g->u.number >= 0 &&
-                     g->u.number <= SD_MAX_GUIDANCE) ||
-                    (g->kind == SD_JSON_INT && g->u.integer <= (int64_t)SD_MAX_GUIDANCE)))
-        s = sd_fail(SD_ERR_FORMAT, "%s: 'guidance_scale' must be a number between 0 and %g",
-                    path, SD_MAX_GUIDANCE);
+    else if (g &&
+             !((g->kind == SD_JSON_NUMBER && g->u.number >= 0 && g->u.number <= SD_MAX_GUIDANCE) ||
+               (g->kind == SD_JSON_INT && g->u.integer <= (int64_t)SD_MAX_GUIDANCE)))
+        s = sd_fail(SD_ERR_FORMAT, "%s: 'guidance_scale' must be a number between 0 and %g", path,
+                    SD_MAX_GUIDANCE);
     if (s == SD_OK && name) {
         char *copy = strdup(name->u.string.data);
         if (!copy)
@@ -173,8 +172,10 @@ static sd_status load_parts(const char *folder, sd_model *m) {
     char path[4096];
     snprintf(path, sizeof path, "%s/text_encoder_2", folder);
     if (is_dir(path))
-        return sd_fail(SD_ERR_UNSUPPORTED, "%s: SDXL folders (text_encoder_2/) are not supported "
-                       "yet", folder);
+        return sd_fail(SD_ERR_UNSUPPORTED,
+                       "%s: SDXL folders (text_encoder_2/) are not supported "
+                       "yet",
+                       folder);
     SD_TRY(read_model_defaults(folder, m));
 
     /* configs first: a bad field is reported before any weights are mapped */
@@ -189,8 +190,10 @@ static sd_status load_parts(const char *folder, sd_model *m) {
     sd_json_free(&cfg);
     SD_TRY(s);
     if (m->unet_config.use_linear_projection)
-        return sd_fail(SD_ERR_UNSUPPORTED, "%s: SD 2.x folders (linear projections) are not "
-                       "supported yet", folder);
+        return sd_fail(SD_ERR_UNSUPPORTED,
+                       "%s: SD 2.x folders (linear projections) are not "
+                       "supported yet",
+                       folder);
     SD_TRY(read_component_config(folder, "vae", "config.json", &cfg, path, sizeof path));
     s = sd_config_vae(&cfg, path, &m->vae_config, &m->vae_scaling_factor);
     sd_json_free(&cfg);
@@ -211,8 +214,10 @@ static sd_status load_parts(const char *folder, sd_model *m) {
 
     snprintf(path, sizeof path, "%s/tokenizer", folder);
     if (!is_dir(path))
-        return sd_fail(SD_ERR_IO, "%s: the tokenizer folder is missing (the C library does not "
-                       "ship a vocabulary of its own)", path);
+        return sd_fail(SD_ERR_IO,
+                       "%s: the tokenizer folder is missing (the C library does not "
+                       "ship a vocabulary of its own)",
+                       path);
     SD_TRY(sd_tokenizer_load(path, &m->tokenizer));
 
     const sd_backend *be = m->be;
@@ -239,7 +244,8 @@ sd_status sd_model_load(const char *path, sd_model **out) {
         if (is_file(path))
             return sd_fail(SD_ERR_UNSUPPORTED,
                            "model: %s is a file; the C library reads diffusers folders only "
-                           "(single-file checkpoints load in the Python package)", path);
+                           "(single-file checkpoints load in the Python package)",
+                           path);
         return sd_fail(SD_ERR_IO, "model: %s does not exist", path);
     }
     sd_model *m = calloc(1, sizeof *m);
@@ -270,7 +276,15 @@ void sd_model_free(sd_model *m) {
     free(m);
 }
 
-const char *sd_model_name(const sd_model *m) { return m->name; }
-int sd_model_default_size(const sd_model *m) { return m->default_size; }
-double sd_model_default_guidance(const sd_model *m) { return m->default_guidance; }
-const char *sd_version(void) { return SDCORE_VERSION; }
+const char *sd_model_name(const sd_model *m) {
+    return m->name;
+}
+int sd_model_default_size(const sd_model *m) {
+    return m->default_size;
+}
+double sd_model_default_guidance(const sd_model *m) {
+    return m->default_guidance;
+}
+const char *sd_version(void) {
+    return SDCORE_VERSION;
+}

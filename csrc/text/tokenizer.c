@@ -109,8 +109,11 @@ static sd_status utf8_decode(const char *s, size_t n, cp_buf *out) {
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
         uint32_t c = u[i];
-        size_t k = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
-                                                         : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        size_t k = c < 0x80                 ? 1
+                   : c >= 0xC2 && c <= 0xDF ? 2
+                   : c >= 0xE0 && c <= 0xEF ? 3
+                   : c >= 0xF0 && c <= 0xF4 ? 4
+                                            : 0;
         if (k == 0 || i + k > n)
             return sd_fail(SD_ERR_INVALID, "prompt: not valid UTF-8 (byte %zu)", i);
         if (k > 1)
@@ -241,8 +244,8 @@ static int decompose_into(uint32_t c, cp_buf *out, int depth) {
 static uint32_t compose_pair(uint32_t a, uint32_t b) {
     if (a >= H_LBASE && a < H_LBASE + H_LCOUNT && b >= H_VBASE && b < H_VBASE + H_VCOUNT)
         return H_SBASE + ((a - H_LBASE) * H_VCOUNT + (b - H_VBASE)) * H_TCOUNT;
-    if (a >= H_SBASE && a < H_SBASE + H_SCOUNT && (a - H_SBASE) % H_TCOUNT == 0 &&
-        b > H_TBASE && b < H_TBASE + H_TCOUNT)
+    if (a >= H_SBASE && a < H_SBASE + H_SCOUNT && (a - H_SBASE) % H_TCOUNT == 0 && b > H_TBASE &&
+        b < H_TBASE + H_TCOUNT)
         return a + (b - H_TBASE);
     size_t lo = 0, hi = COUNT(uc_composition);
     while (lo < hi) {
@@ -352,10 +355,18 @@ struct sd_tokenizer {
     char byte_char[256][3]; /* byte -> its printable character, UTF-8 (bytes_to_unicode) */
 };
 
-int32_t sd_tokenizer_bos_id(const sd_tokenizer *t) { return t->bos_id; }
-int32_t sd_tokenizer_eos_id(const sd_tokenizer *t) { return t->eos_id; }
-int32_t sd_tokenizer_pad_id(const sd_tokenizer *t) { return t->pad_id; }
-int sd_tokenizer_max_length(const sd_tokenizer *t) { return t->max_length; }
+int32_t sd_tokenizer_bos_id(const sd_tokenizer *t) {
+    return t->bos_id;
+}
+int32_t sd_tokenizer_eos_id(const sd_tokenizer *t) {
+    return t->eos_id;
+}
+int32_t sd_tokenizer_pad_id(const sd_tokenizer *t) {
+    return t->pad_id;
+}
+int sd_tokenizer_max_length(const sd_tokenizer *t) {
+    return t->max_length;
+}
 
 void sd_tokenizer_free(sd_tokenizer *t) {
     if (!t)
@@ -467,8 +478,7 @@ static sd_status load_merges(sd_tokenizer *t, const char *path) {
         }
         char *sp = strchr(line, ' ');
         if (!sp || sp == line || !sp[1] || strchr(sp + 1, ' ')) {
-            s = sd_fail(SD_ERR_FORMAT, "%s: line %zu: bad merge line '%.60s'", path, line_no,
-                        line);
+            s = sd_fail(SD_ERR_FORMAT, "%s: line %zu: bad merge line '%.60s'", path, line_no, line);
             break;
         }
         /* a merge must make a token of the vocabulary */
@@ -481,8 +491,10 @@ static sd_status load_merges(sd_tokenizer *t, const char *path) {
         memcpy(joined, line, a);
         memcpy(joined + a, sp + 1, b);
         if (map_get(&t->vocab, joined, a + b) < 0) {
-            s = sd_fail(SD_ERR_FORMAT, "%s: line %zu: merge '%s' makes '%.*s', which is not in "
-                        "the vocabulary", path, line_no, line, (int)(a + b), joined);
+            s = sd_fail(SD_ERR_FORMAT,
+                        "%s: line %zu: merge '%s' makes '%.*s', which is not in "
+                        "the vocabulary",
+                        path, line_no, line, (int)(a + b), joined);
             break;
         }
         s = map_put(&t->merges, line, n, rank++);
@@ -528,9 +540,9 @@ static token_spec token_key(const sd_json *v) { /* _token_key */
 
 static int same_key(const token_spec *a, const token_spec *b) {
     return a->is_str == b->is_str && strcmp(a->content, b->content) == 0 &&
-           (a->is_str || (a->normalized == b->normalized && a->lstrip == b->lstrip &&
-                          a->rstrip == b->rstrip && a->single_word == b->single_word &&
-                          a->special == b->special));
+           (a->is_str ||
+            (a->normalized == b->normalized && a->lstrip == b->lstrip && a->rstrip == b->rstrip &&
+             a->single_word == b->single_word && a->special == b->special));
 }
 
 static sd_status add_special(sd_tokenizer *t, const char *folder, const char *content,
@@ -566,8 +578,7 @@ static sd_status add_special(sd_tokenizer *t, const char *folder, const char *co
     int *n = normalized ? &t->n_norm : &t->n_raw;
     if (*n == MAX_SPECIALS) {
         free(text.cp);
-        return sd_fail(SD_ERR_UNSUPPORTED, "%s: more than %d special tokens", folder,
-                       MAX_SPECIALS);
+        return sd_fail(SD_ERR_UNSUPPORTED, "%s: more than %d special tokens", folder, MAX_SPECIALS);
     }
     /* longest first: at one position the longest match wins */
     int at = *n;
@@ -862,7 +873,7 @@ static sd_status encode_normalized(const sd_tokenizer *t, const uint32_t *text, 
                           starts_with_ascii(text, n, i, EOS_TOKEN))) {
             /* kept whole by the pattern, then split by GPT-2's as "<|", name, "|>" */
             size_t len = starts_with_ascii(text, n, i, BOS_TOKEN) ? sizeof BOS_TOKEN - 1
-                                                                    : sizeof EOS_TOKEN - 1;
+                                                                  : sizeof EOS_TOKEN - 1;
             SD_TRY(encode_piece(t, text + i, 2, out));
             SD_TRY(encode_piece(t, text + i + 2, len - 4, out));
             SD_TRY(encode_piece(t, text + i + len - 2, 2, out));
@@ -892,8 +903,7 @@ static sd_status encode_normalized(const sd_tokenizer *t, const uint32_t *text, 
 }
 
 /* Normalise a raw segment, then split it around the specials matched after normalisation. */
-static sd_status encode_segment(const sd_tokenizer *t, const uint32_t *raw, size_t n,
-                                id_buf *out) {
+static sd_status encode_segment(const sd_tokenizer *t, const uint32_t *raw, size_t n, id_buf *out) {
     cp_buf norm = {0};
     sd_status s = normalize(raw, n, &norm);
     size_t from = 0;
