@@ -750,6 +750,8 @@ static const special *match_special(const special *list, int n, const uint32_t *
 
 /* BPE of one piece, already written as byte characters (_bpe). */
 static sd_status bpe(const sd_tokenizer *t, const char *piece, size_t len, id_buf *out) {
+    if (len == 0) /* pieces are never empty; nothing to encode if one were */
+        return SD_OK;
     /* symbols as [start, end) of a working copy that has "</w>" appended */
     size_t cap = len + sizeof END_OF_WORD;
     char *word = malloc(cap);
