@@ -10,6 +10,7 @@ alone from the seed its PNG records. The noise of one image is what
 diffusers does on the CPU.
 """
 
+import json
 import os
 import threading
 
@@ -26,12 +27,34 @@ from sdcore.tokenizer import ClipTokenizer
 from sdcore.vae import VAE
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "models", "default")
-DEFAULT_MODEL_NAME = "sdcore-shapes"
-# Guidance when a call names none. The shipped model is scored at 5 by
-# tools/eval_default_model.py (at 7.5 its colours saturate: held-out colour accuracy 88%
-# instead of 100%); other models get the usual 7.5.
-SHIPPED_MODEL_GUIDANCE = 5.0
+# Guidance when a call names none: the usual 7.5, unless the model folder's sdcore.json
+# names its own (the C library reads the same file). The shipped model's says 5, the value
+# tools/eval_default_model.py scores it at (at 7.5 its colours saturate: held-out colour
+# accuracy 88% instead of 100%).
 GUIDANCE = 7.5
+
+
+def model_defaults(folder):
+    """{"name": str, "guidance_scale": float} from ``folder/sdcore.json``, either optional;
+    {} without the file."""
+    path = os.path.join(folder, "sdcore.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    out = {}
+    name = data.get("name") if isinstance(data, dict) else None
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{path}: 'name' must be a non-empty string")
+        out["name"] = name
+    g = data.get("guidance_scale") if isinstance(data, dict) else None
+    if g is not None:
+        out["guidance_scale"] = P.check_guidance(g, f"{path}: guidance_scale")
+    return out
+
+
+SHIPPED_MODEL_GUIDANCE = model_defaults(DEFAULT_MODEL).get("guidance_scale", GUIDANCE)
 
 
 class GeneratedImage(np.ndarray):
@@ -161,11 +184,10 @@ class Pipeline:
             raise FileNotFoundError(f"model: {path} does not exist")
         model = load_model(path)
         model.is_default = os.path.abspath(path) == os.path.abspath(DEFAULT_MODEL)
-        if model.is_default:
-            model.name = DEFAULT_MODEL_NAME
+        defaults = model_defaults(path) if os.path.isdir(path) else {}
+        model.name = defaults.get("name", model.name)
         pipe = cls(model, device=device, dtype=dtype)
-        if model.is_default:
-            pipe.default_guidance = SHIPPED_MODEL_GUIDANCE
+        pipe.default_guidance = defaults.get("guidance_scale", GUIDANCE)
         return pipe
 
     # ---------------------------------------------------------------- checks --
