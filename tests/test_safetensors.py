@@ -1,13 +1,9 @@
 """safetensors reading: files written by the `safetensors` package read back exactly, bad
 files raise an exception naming the file and tensor, and mutated files never crash.
 
-Running the fuzz test under AddressSanitizer (see also docs/asan.md), from the checkout:
-
-    CFLAGS="-fsanitize=address -fno-omit-frame-pointer" LDFLAGS=-fsanitize=address \\
-        SDCORE_CUDA=0 python setup.py -q build_ext --inplace --force
-    LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \\
-        python -m pytest -q -p no:cacheprovider tests/test_safetensors.py
-    SDCORE_CUDA=0 python setup.py -q build_ext --inplace --force   # back to a normal build
+Under AddressSanitizer and UndefinedBehaviorSanitizer: `bash tools/sanitize.sh
+tests/test_safetensors.py` (docs/asan.md); coverage-guided fuzzing of the same reader:
+`bash tests/fuzz/run.sh safetensors json`.
 """
 
 import json
