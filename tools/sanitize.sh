@@ -38,6 +38,9 @@ cp "$dir"/lib/sdcore/_C.*.so "$stage/sdcore/"
 
 libasan=$(gcc -print-file-name=libasan.so)
 [ -e "$libasan" ] || { echo "sanitize: libasan not found ($libasan)" >&2; exit 1; }
+# libstdc++ too: ASan intercepts __cxa_throw only if it is loaded at start, and a C++
+# library (torch) that throws later would otherwise stop ASan with a failed CHECK
+libstdcxx=$(gcc -print-file-name=libstdc++.so)
 
 if [ $# -eq 0 ]; then
     set -- tests/test_safetensors.py tests/test_checkpoint.py tests/test_ops.py \
@@ -49,7 +52,7 @@ fi
 # would flood the leak report. pytest runs from the stage so that `import sdcore` finds the
 # staged package before the checkout's; the checkout follows on the path for the rest.
 cd "$stage"
-export LD_PRELOAD=$libasan
+export LD_PRELOAD="$libasan $libstdcxx"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export PYTHONPATH=$stage:$root${PYTHONPATH:+:$PYTHONPATH}
