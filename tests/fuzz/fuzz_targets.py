@@ -8,6 +8,7 @@ decode them as UTF-8 with `surrogatepass` (so a lone surrogate, as a JSON reques
 carry, is reachable) and, where that fails, with replacement characters.
 """
 
+import atexit
 import json
 import math
 import os
@@ -114,6 +115,7 @@ def scratch_path():
     if _scratch is None:
         fd, _scratch = tempfile.mkstemp(suffix=".safetensors", prefix="sdcore-fuzz-")
         os.close(fd)
+        atexit.register(os.remove, _scratch)
     return _scratch
 
 
