@@ -7,6 +7,9 @@ Emphasis:
   ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\``   literal brackets and backslash
   Brackets left open at the end are closed there; a stray closing bracket is kept as text,
   and so is a weight that is not a number (``(word:1.2.3)`` is ``word:1.2.3`` at x 1.1).
+  A group that would take a weight past float32's range (the text encoder multiplies by
+  float32 weights) is not applied: its ``:number`` is kept as text, as one that is not a
+  number is, and a bracket that would overflow is kept as text.
   ``BREAK`` (upper case, as a word) ends the current 75-token chunk early, inside
   brackets too.
 
@@ -30,6 +33,7 @@ import numpy as np
 
 CHUNK = 75
 ROUND, SQUARE = 1.1, 1 / 1.1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 BREAK = "BREAK"
 
 # one token of the emphasis syntax: an escape, a bracket, ":number)" closing a
@@ -47,9 +51,13 @@ def parse_weights(text):
     open_round, open_square = [], []
 
     def scale_from(start, factor):
-        for item in out[start:]:
-            if not item[2]:
-                item[1] *= factor
+        """Scale the text after `start`; False, scaling nothing, past float32's range."""
+        items = [item for item in out[start:] if not item[2]]
+        if any(not abs(item[1] * factor) <= FLOAT32_MAX for item in items):
+            return False
+        for item in items:
+            item[1] *= factor
+        return True
 
     def add_text(piece):
         for i, part in enumerate(_BREAK.split(piece)):
@@ -61,13 +69,13 @@ def parse_weights(text):
         piece, number = m.group(0), m.group(1)
         if number is not None:
             weight = _to_float(number)
-            if weight is None or not open_round:
-                # not a weight ("(cat:1.2.3)") or nothing to close: the text before the
-                # bracket is kept and the bracket closes a group like a plain ")"
+            if weight is None or not open_round or not scale_from(open_round[-1], weight):
+                # not a weight ("(cat:1.2.3)"), nothing to close or out of range: the text
+                # before the bracket is kept and the bracket closes a group like a plain ")"
                 add_text(piece[:-1])
                 piece = ")"
             else:
-                scale_from(open_round.pop(), weight)
+                open_round.pop()
                 continue
         if piece.startswith("\\") and len(piece) == 2:
             out.append([piece[1], 1.0, False])
@@ -75,10 +83,10 @@ def parse_weights(text):
             open_round.append(len(out))
         elif piece == "[":
             open_square.append(len(out))
-        elif piece == ")" and open_round:
-            scale_from(open_round.pop(), ROUND)
-        elif piece == "]" and open_square:
-            scale_from(open_square.pop(), SQUARE)
+        elif piece == ")" and open_round and scale_from(open_round[-1], ROUND):
+            open_round.pop()
+        elif piece == "]" and open_square and scale_from(open_square[-1], SQUARE):
+            open_square.pop()
         else:
             add_text(piece)
     for start in open_round:
