@@ -50,6 +50,11 @@ int sd_weights_type_init(PyObject *module);
 sd_weights *sd_weights_from_py(PyObject *obj, const char *op, const char *arg);
 /* Wrap (and take ownership of) w; keepalive is referenced for as long as it lives. */
 PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
+/* A model's tensor declarations (models/tensors.h) as a list of (name, shape tuple,
+ * required) for Python; takes the list and frees it. NULL with an exception set when
+ * status is not SD_OK (the status's message) or on failure. */
+struct sd_tensor_decls_s;
+PyObject *sd_decls_to_py(sd_status status, struct sd_tensor_decls_s *decls);
 
 /* sdcore._C.Sampler (sampler.c) */
 int sd_sampler_type_init(PyObject *module);
@@ -79,5 +84,8 @@ extern PyMethodDef sd_image_methods[];
 extern PyMethodDef sd_sampler_methods[];
 extern PyMethodDef sd_rng_methods[];
 extern PyMethodDef sd_txt2img_methods[];
+extern PyMethodDef sd_unet_methods[];
+extern PyMethodDef sd_vae_methods[];
+extern PyMethodDef sd_clip_methods[];
 
 #endif
