@@ -16,7 +16,7 @@ names (``text_model.encoder.layers.0.self_attn.q_proj.weight``,
 ``down_blocks.0.resnets.0.conv1.weight``, ``decoder.up_blocks.0.resnets.0.norm1.weight``)
 with the shapes those models have. A single file's tensors are renamed without a copy
 (``Weights.subset``); every tensor the config calls for is checked to be present with
-its shape before the model is returned.
+its shape, and none is left over, before the model is returned.
 
 VAE attention: CompVis stores the mid-block attention projections (q, k, v,
 proj_out) as 1x1 convolutions, (C, C, 1, 1); diffusers as linear layers, (C, C). The
@@ -29,8 +29,10 @@ The model family is decided in one place (``detect_family`` for single files,
 ``detect_family_from_configs`` for folders); SD 2.x and SDXL are additions there and
 in ``FAMILIES``, not changes to the layout code.
 
-No torch here: shapes come from the configs by the rules of the diffusers and
-transformers model classes, written out below.
+Which tensors a config calls for, with their shapes, is declared once, by the engine
+next to each model (``_C.unet_tensors``, ``vae_tensors``, ``clip_tensors``); this module
+holds only the renaming between those diffusers names and the CompVis ones, and the
+inference of a config from a single file's names and shapes. No torch here.
 """
 
 from __future__ import annotations
@@ -362,7 +364,8 @@ def _vae_ldm_name(name, cfg):
             tail = ".".join(parts[3:]).replace("conv_shortcut", "nin_shortcut")
             return f"{coder}.mid.block_{int(parts[2]) + 1}.{tail}", False
         module, leaf = ".".join(parts[3:]).rsplit(".", 1)
-        return f"{coder}.mid.attn_1.{VAE_ATTENTION[module]}.{leaf}", module != "group_norm"
+        conv = module != "group_norm" and leaf == "weight"
+        return f"{coder}.mid.attn_1.{VAE_ATTENTION[module]}.{leaf}", conv
     n = len(cfg["block_out_channels"])
     i = int(parts[1])
     level, path = (i, "down") if coder == "encoder" else (n - 1 - i, "up")

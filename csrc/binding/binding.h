@@ -64,8 +64,9 @@ struct sd_vae;
 struct sd_vae *sd_vae_from_py(PyObject *obj, PyThread_type_lock *lock, const sd_backend **be);
 /* sdcore._C.ClipTextModel (clip.c) */
 int sd_clip_type_init(PyObject *module);
-/* A scheduler config dict -> cfg (sampler.c); betas_out holds trained_betas, if any,
- * for as long as cfg is used. -1 with ValueError naming the key. */
+/* A scheduler config dict, or a SchedulerConfig parsed from one, -> cfg (sampler.c);
+ * betas_out holds trained_betas, if any, for as long as cfg is used. -1 with ValueError
+ * naming the key. */
 #include "sampling/sampler.h"
 int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out);
 
