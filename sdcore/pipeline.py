@@ -160,6 +160,8 @@ class Pipeline:
         )
         self.vae_scaling_factor = self.vae.scaling_factor
         self.scheduler_config = model.scheduler_config
+        # parsed and checked here, once, not on every call
+        self._scheduler = _C.SchedulerConfig(model.scheduler_config)
         self.samplers = list(SAMPLERS)
         self.latent_channels = int(model.unet.config.get("in_channels", 4))
         # the size the model was trained at, within the sizes a request may ask for
@@ -356,7 +358,7 @@ class Pipeline:
                 v["height"],
                 v["steps"],
                 v["sampler"],
-                self.scheduler_config,
+                self._scheduler,
                 self.vae_scaling_factor,
                 self.vae.factor,
                 self.latent_channels,

@@ -157,9 +157,31 @@ static int is_unset_default(PyObject *dict, const char *key) {
     return 0;
 }
 
+/* sdcore._C.SchedulerConfig(dict): a scheduler config parsed once, when a model is
+ * loaded, then given to every txt2img call (or Sampler) in place of the dict. */
+typedef struct {
+    PyObject_HEAD
+    sd_sampler_config cfg;
+    PyObject *betas; /* the float32 array cfg.trained_betas points into, or NULL */
+} SchedulerConfigObject;
+
+static PyObject *scheduler_config_type;
+
+static int config_from_dict(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out);
+
+int sd_sampler_config_from_py(PyObject *obj, sd_sampler_config *cfg, PyObject **betas_out) {
+    if (scheduler_config_type && PyObject_TypeCheck(obj, (PyTypeObject *)scheduler_config_type)) {
+        SchedulerConfigObject *parsed = (SchedulerConfigObject *)obj;
+        *cfg = parsed->cfg;
+        *betas_out = Py_XNewRef(parsed->betas);
+        return 0;
+    }
+    return config_from_dict(obj, cfg, betas_out);
+}
+
 /* Fill cfg from a dict; betas_out receives a float32 array holding trained_betas when
  * the dict has them (the caller releases it once the sampler is created). */
-int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out) {
+static int config_from_dict(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out) {
     static const char *const schedules[] = {"scaled_linear", "linear", NULL};
     static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
     static const char *const spacings[] = {"leading", "linspace", "trailing", NULL};
@@ -554,11 +576,55 @@ static PyType_Spec sampler_spec = {
     .slots = sampler_slots,
 };
 
+static PyObject *scheduler_config_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"config", NULL};
+    PyObject *dict = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:SchedulerConfig", kwlist, &dict))
+        return NULL;
+    sd_sampler_config cfg;
+    PyObject *betas = NULL;
+    if (config_from_dict(dict, &cfg, &betas) < 0)
+        return NULL;
+    SchedulerConfigObject *self = (SchedulerConfigObject *)type->tp_alloc(type, 0);
+    if (!self) {
+        Py_XDECREF(betas);
+        return NULL;
+    }
+    self->cfg = cfg;
+    self->betas = betas;
+    return (PyObject *)self;
+}
+
+static void scheduler_config_dealloc(SchedulerConfigObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->betas);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot scheduler_config_slots[] = {
+    {Py_tp_new, scheduler_config_new},
+    {Py_tp_dealloc, scheduler_config_dealloc},
+    {Py_tp_doc, "SchedulerConfig(config=None): a scheduler config dict (SD 1.5's when None) "
+                "parsed and checked once; txt2img and Sampler take it in place of the dict."},
+    {0, NULL},
+};
+
+static PyType_Spec scheduler_config_spec = {
+    .name = "sdcore._C.SchedulerConfig",
+    .basicsize = sizeof(SchedulerConfigObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = scheduler_config_slots,
+};
+
 int sd_sampler_type_init(PyObject *module) {
     sd_sampler_type = PyType_FromModuleAndSpec(module, &sampler_spec, NULL);
-    if (!sd_sampler_type)
+    if (!sd_sampler_type || PyModule_AddObjectRef(module, "Sampler", sd_sampler_type) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Sampler", sd_sampler_type);
+    scheduler_config_type = PyType_FromModuleAndSpec(module, &scheduler_config_spec, NULL);
+    if (!scheduler_config_type)
+        return -1;
+    return PyModule_AddObjectRef(module, "SchedulerConfig", scheduler_config_type);
 }
 
 static PyObject *sampler_names(PyObject *self, PyObject *noargs) {
