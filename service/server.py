@@ -1,4 +1,5 @@
-"""The grpc.aio server: servicers, health, reflection, auth, TLS, metrics and shutdown."""
+"""The grpc.aio server: servicers, health, reflection, auth, TLS, metrics and shutdown; with
+--http-port, the HTTP APIs (service/http.py) on the same loop and ServiceCore."""
 
 import argparse
 import asyncio
@@ -55,6 +56,8 @@ class SdcoreServer:
         self.server = None
         self.port = None
         self.metrics_port = None
+        self.http = None  # service.http.HttpServer, with --http-port
+        self.http_port = None
         self.loaded = None  # task: the model load; its exception is the server's failure
 
     async def start(self):
@@ -104,6 +107,11 @@ class SdcoreServer:
         if not self.port:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
+        if cfg.http_port:
+            from service.http import HttpServer
+
+            self.http = HttpServer(core)
+            self.http_port = await self.http.start()
         if cfg.metrics_port:
             self.metrics_port = self.metrics.start_http(cfg.metrics_port, cfg.metrics_host)
         core.scheduler.start()
@@ -112,6 +120,7 @@ class SdcoreServer:
             extra={
                 "address": address,
                 "port": self.port,
+                "http_port": self.http_port,
                 "tls": cfg.use_tls,
                 "api_key": cfg.require_api_key,
                 "reflection": cfg.enable_reflection,
@@ -157,8 +166,13 @@ class SdcoreServer:
         await self.health.enter_graceful_shutdown()
         if self.loaded is not None and not self.loaded.done():
             self.loaded.cancel()
-        await self.server.stop(grace)
+        if self.http is None:
+            await self.server.stop(grace)
+        else:
+            await asyncio.gather(self.server.stop(grace), self.http.drain(grace))
         await self.core.close(0)
+        if self.http is not None:
+            await self.http.close()
         self.metrics.stop_http()
         log.info("stopped")
 
