@@ -35,6 +35,7 @@ from starlette.routing import Match
 
 import sdcore
 from sdcore.params import SAMPLER_DISPLAY
+from service.core import DEFAULT_SAMPLER
 from service.errors import (
     AlreadyExists,
     DeadlinePassed,
@@ -624,10 +625,11 @@ class HttpApi:
 
             def build():
                 samplers = core.slot(model).pipeline.samplers
-                sampler = a1111_sampler(samplers, req.sampler_name or req.sampler_index, req.scheduler)
-                eta = _SAMPLER_ETA.get(sampler or "euler_a")
+                name = req.sampler_name or req.sampler_index
+                sampler = a1111_sampler(samplers, name, req.scheduler)
+                eta = _SAMPLER_ETA.get(sampler or DEFAULT_SAMPLER)
                 if req.eta is not None and eta is not None and req.eta != eta:
-                    label = SAMPLER_DISPLAY.get(sampler or "euler_a")
+                    label = SAMPLER_DISPLAY.get(sampler or DEFAULT_SAMPLER)
                     raise InvalidArgument(
                         f"eta: {req.eta} is not supported; {label} here uses eta {eta:g}"
                     )
@@ -698,7 +700,11 @@ class HttpApi:
         @app.get("/sdapi/v1/options", tags=tags)
         async def get_options():
             name = api.a1111_model or api.core.default_model
-            return {"sd_model_checkpoint": name, "sd_checkpoint_hash": None, "samples_format": "png"}
+            return {
+                "sd_model_checkpoint": name,
+                "sd_checkpoint_hash": None,
+                "samples_format": "png",
+            }
 
         @app.post("/sdapi/v1/options", tags=tags)
         async def set_options(options: A1111Options):
@@ -707,8 +713,7 @@ class HttpApi:
             if others:
                 raise HttpError(
                     422,
-                    f"{others[0]}: option not supported by this server (only "
-                    "sd_model_checkpoint)",
+                    f"{others[0]}: option not supported by this server (only sd_model_checkpoint)",
                     "unsupported_field",
                     others[0],
                 )
@@ -807,9 +812,7 @@ class HttpApi:
             return Response(
                 images[0].png,
                 media_type="image/png",
-                headers={
-                    "Content-Disposition": f'inline; filename="sdcore-{images[0].seed}.png"'
-                },
+                headers={"Content-Disposition": f'inline; filename="sdcore-{images[0].seed}.png"'},
             )
 
         @app.post("/api/v1/images/generate", tags=tags)
@@ -1063,9 +1066,7 @@ class _Uvicorn(uvicorn.Server):
 
 def _bind(host, port):
     host = host.strip("[]") or None
-    infos = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family_, kind, proto, _name, address = infos[0]
     sock = socket.socket(family_, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1145,4 +1146,3 @@ def _route_uvicorn_logs():
         uv.handlers = list(service.handlers)
         uv.propagate = False
     uv.setLevel(logging.WARNING)
-
