@@ -17,6 +17,7 @@ configuration. FastAPI runs on uvicorn, whose Server.serve() is a task on the gR
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -1059,9 +1060,10 @@ class _Uvicorn(uvicorn.Server):
     stop both servers."""
 
     def capture_signals(self):
-        import contextlib
-
         return contextlib.nullcontext()
+
+    def install_signal_handlers(self):  # the name of the same hook in older uvicorn
+        pass
 
 
 def _bind(host, port):
