@@ -815,3 +815,35 @@ def test_a1111_sampler_mapping_unit():
         http_mod.a1111_sampler(samplers, "Heun", None)
     with pytest.raises(http_mod.InvalidArgument, match="^scheduler: Karras"):
         http_mod.a1111_sampler(samplers, "LMS", "Karras")
+
+
+def test_serve_process_sigterm_stops_http_and_grpc_gracefully():
+    """`--http-port` on the real server process: SIGTERM (handled by the gRPC server's loop,
+    not uvicorn) lets an HTTP request in flight finish, then the process exits 0."""
+    import signal
+
+    from test_service_process import start_process
+
+    port = free_port()
+    proc, _grpc_port, lines = start_process("--http-port", str(port), "--grace-period", "20")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(url + "/health").status_code == 200, what="ready")
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        payload = {"prompt": "x", "seed": 6, "num_inference_steps": 40}
+        running = pool.submit(httpx.post, url + "/api/v1/images/generate", json=payload, timeout=30)
+        wait_for(lambda: httpx.get(url + "/health").json()["jobs_in_flight"] == 1, what="a job")
+        proc.send_signal(signal.SIGTERM)
+        reply = running.result(30)
+        assert reply.status_code == 200 and reply.json()["seed"] == 6
+        assert proc.wait(30) == 0
+        pool.shutdown()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    entries = [json.loads(line) for line in lines + proc.stderr.readlines()]
+    assert [e["http_port"] for e in entries if e["msg"] == "listening"] == [port]
+    http = [e for e in entries if e["msg"] == "http" and e["route"] == "/api/v1/images/generate"]
+    assert http and http[0]["status"] == 200 and http[0]["seconds"] > 0
+    assert entries[-1]["msg"] == "stopped"
