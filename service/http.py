@@ -950,7 +950,7 @@ class Observed:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        status = [500]
+        status = [CLIENT_CLOSED]  # nothing sent: the client left (errors are answered 500)
 
         async def observed_send(message):
             if message["type"] == "http.response.start":
