@@ -2,6 +2,16 @@
 
 import grpc
 
+# How much of a value a client sent is quoted back in an error message or a log line.
+QUOTE_LIMIT = 64
+
+
+def quoted(value, limit=QUOTE_LIMIT):
+    """repr() of a client's value, cut to `limit` characters: a 10 MB job id must not become a
+    10 MB error message (larger than a client accepts as metadata) or log line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+
 
 class ServiceError(Exception):
     code = grpc.StatusCode.INTERNAL

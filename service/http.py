@@ -520,7 +520,7 @@ class HttpApi:
             record = self.a1111_jobs[job.id] = Progress(job)
             work = asyncio.ensure_future(self._follow(job, record))
         else:
-            work = asyncio.ensure_future(core.result(job, None))
+            work = asyncio.ensure_future(core.result(job))
         gone = asyncio.ensure_future(_disconnected(request.receive))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -533,7 +533,7 @@ class HttpApi:
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
             if not job.future.done():
-                core.abandon(job, None)
+                core.abandon(job)
             if record is not None:
                 self.a1111_jobs.pop(job.id, None)
 
@@ -731,7 +731,7 @@ class HttpApi:
         for record in list(self.a1111_jobs.values()):
             if record.job.state == "running":
                 try:
-                    self.core.scheduler.cancel(record.job.id, reason)
+                    self.core.scheduler.cancel(record.job.id, reason, owner=record.job.owner)
                 except NotFound:
                     pass  # finished meanwhile
 
@@ -1123,16 +1123,16 @@ class HttpServer:
             await asyncio.sleep(0.01)
         return self.port
 
-    async def drain(self, grace):
-        """Stop accepting; give requests in flight up to `grace` seconds."""
+    def stop_accepting(self):
+        """Shutdown begins: uvicorn closes its listening socket and idle connections; requests
+        in flight go on (their jobs get the grace period) and their connections close after."""
         self.server.should_exit = True
-        if self.task is not None:
-            await asyncio.wait({self.task}, timeout=grace)
 
-    async def close(self, timeout=5.0):
-        """After the scheduler has dropped what was left: wait for the last answers."""
+    async def close(self, timeout):
+        """Once every job has its answer: `timeout` seconds to send the last ones, then stop."""
         if self.task is None:
             return
+        self.server.should_exit = True
         _done, pending = await asyncio.wait({self.task}, timeout=timeout)
         if pending:
             self.server.force_exit = True
