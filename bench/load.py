@@ -1,4 +1,5 @@
-"""Load test of the gRPC service: N concurrent clients calling Generate for a fixed time.
+"""Load test of the service: N concurrent clients calling Generate (gRPC), or with --http
+POST /sdapi/v1/txt2img (the HTTP API, same queue and engine), for a fixed time.
 
     # against a running server
     python bench/load.py --server localhost:50051 --clients 8 --duration 30
@@ -9,13 +10,19 @@
     # batching on vs off in the same run: two servers one after the other, same load
     python bench/load.py --start --compare-batching --max-batch-size 4 --clients 8 --duration 30
 
-Prints images/s, p50/p99 latency of answered requests, rejections (RESOURCE_EXHAUSTED) and
+    # the same load over HTTP (a started server gets --http-port; a running one needs its URL)
+    python bench/load.py --start --http --clients 8 --duration 30
+    python bench/load.py --server localhost:50051 --http --http-url http://localhost:8080
+
+Prints images/s, p50/p99 latency of answered requests, rejections (RESOURCE_EXHAUSTED over
+gRPC, 503 queue_full over HTTP) and
 other errors by code, and the server's resident memory (from GetStatus) at start and end.
 Every client sends the same kind of request (size, steps, sampler), so the server can batch them.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -27,6 +34,7 @@ import tempfile
 import time
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,35 +52,89 @@ def percentile(values, q):
     return ordered[index]
 
 
-async def run_load(target, clients, duration, request, api_key=None, timeout=600.0):
-    """Run `clients` loops of Generate for `duration` seconds; returns the statistics."""
+def grpc_generate(stub, request, metadata, timeout):
+    """A client's call over gRPC: (images, error code or None)."""
+
+    async def call(seed):
+        req = pb.GenerateRequest()
+        req.CopyFrom(request)
+        req.seed = seed
+        try:
+            reply = await stub.Generate(req, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            return 0, e.code().name
+        return len(reply.images), None
+
+    return call
+
+
+def http_generate(client, request, timeout):
+    """A client's call over HTTP (POST /sdapi/v1/txt2img): (images, error code or None).
+    A full queue (503) counts as RESOURCE_EXHAUSTED, as over gRPC."""
+    payload = {
+        "prompt": request.prompt,
+        "steps": request.steps,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": request.sampler or None,
+    }
+
+    async def call(seed):
+        try:
+            reply = await client.post("/sdapi/v1/txt2img", json={**payload, "seed": seed},
+                                      timeout=timeout)  # fmt: skip
+        except httpx.HTTPError as e:
+            return 0, type(e).__name__
+        if reply.status_code == 503 and reply.json().get("error") == "queue_full":
+            return 0, "RESOURCE_EXHAUSTED"
+        if reply.status_code != 200:
+            return 0, f"HTTP {reply.status_code}"
+        return len(reply.json()["images"]), None
+
+    return call
+
+
+async def run_load(target, clients, duration, request, api_key=None, timeout=600.0, http=None):
+    """Run `clients` loops of Generate for `duration` seconds; returns the statistics.
+
+    With `http` (the server's HTTP base URL) the clients call POST /sdapi/v1/txt2img instead;
+    the server's memory is still read with GetStatus over gRPC."""
     metadata = (("x-api-key", api_key),) if api_key else None
     options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
     latencies, codes = [], {}
     images = 0
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
+    async with contextlib.AsyncExitStack() as stack:
+        channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(target, options=options)
+        )
         stub = pb_grpc.SdcoreStub(channel)
+        if http:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=http, headers=headers, limits=limits)
+            )
+            generate = http_generate(client, request, timeout)
+        else:
+            generate = grpc_generate(stub, request, metadata, timeout)
         start_status = await stub.GetStatus(pb.StatusRequest(), metadata=metadata)
         end_at = time.monotonic() + duration
 
-        async def client(i):
+        async def client_loop(i):
             nonlocal images
             n = 0
             while time.monotonic() < end_at:
-                req = pb.GenerateRequest()
-                req.CopyFrom(request)
-                req.seed = i * 100000 + n
+                seed = i * 100000 + n
                 n += 1
                 t0 = time.monotonic()
-                try:
-                    reply = await stub.Generate(req, metadata=metadata, timeout=timeout)
-                except grpc.aio.AioRpcError as e:
-                    codes[e.code().name] = codes.get(e.code().name, 0) + 1
-                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                count, code = await generate(seed)
+                if code is not None:
+                    codes[code] = codes.get(code, 0) + 1
+                    if code == "RESOURCE_EXHAUSTED":
                         await asyncio.sleep(0.05)  # back off a little, as a real client would
                     continue
                 latencies.append(time.monotonic() - t0)
-                images += len(reply.images)
+                images += count
                 codes["OK"] = codes.get("OK", 0) + 1
 
         warm = {}
@@ -83,10 +145,11 @@ async def run_load(target, clients, duration, request, api_key=None, timeout=600
             warm["status"] = await stub.GetStatus(pb.StatusRequest(), metadata=metadata)
 
         t0 = time.monotonic()
-        await asyncio.gather(sample_after_warm_up(), *(client(i) for i in range(clients)))
+        await asyncio.gather(sample_after_warm_up(), *(client_loop(i) for i in range(clients)))
         elapsed = time.monotonic() - t0
         end_status = await stub.GetStatus(pb.StatusRequest(), metadata=metadata)
     return {
+        "api": "http" if http else "grpc",
         "clients": clients,
         "seconds": elapsed,
         "images": images,
@@ -104,11 +167,19 @@ async def run_load(target, clients, duration, request, api_key=None, timeout=600
     }
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class StartedServer:
     """A server process on a free port of 127.0.0.1, ready (model loaded) on entry."""
 
-    def __init__(self, command, extra_args, env=None, ready_timeout=600):
+    def __init__(self, command, extra_args, env=None, ready_timeout=600, http=False):
         self.command = command
+        self.http = http
+        self.http_url = None
         self.extra_args = extra_args
         self.env = env
         self.ready_timeout = ready_timeout
@@ -116,11 +187,12 @@ class StartedServer:
         self.target = None
 
     def __enter__(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port, http_port = free_port(), free_port()
         self.log = tempfile.TemporaryFile(mode="w+")
         argv = [*self.command, "--host", "127.0.0.1", "--port", str(port), *self.extra_args]
+        if self.http:
+            argv += ["--http-port", str(http_port)]
+            self.http_url = f"http://127.0.0.1:{http_port}"
         self.proc = subprocess.Popen(argv, cwd=ROOT, stderr=self.log, env=self.env)
         self.target = f"127.0.0.1:{port}"
         channel = grpc.insecure_channel(self.target)
@@ -176,6 +248,15 @@ def build_parser():
     p.add_argument("--server", help="host:port of a running server")
     p.add_argument("--start", action="store_true", help="start a server for the run")
     p.add_argument(
+        "--http",
+        action="store_true",
+        help="drive the HTTP API (POST /sdapi/v1/txt2img) instead of gRPC Generate",
+    )
+    p.add_argument(
+        "--http-url",
+        help="with --http and --server: the running server's HTTP base URL (http://host:port)",
+    )
+    p.add_argument(
         "--server-cmd",
         default=f"{sys.executable} -m service",
         help="command that starts a server (with --start); it gets --host/--port",
@@ -207,6 +288,8 @@ def main(argv=None):
         sys.exit("give --server HOST:PORT or --start")
     if args.compare_batching and not args.start:
         sys.exit("--compare-batching starts its own servers: add --start")
+    if args.http and not args.start and not args.http_url:
+        sys.exit("--http against a running server needs --http-url http://HOST:PORT")
     request = pb.GenerateRequest(
         prompt=args.prompt,
         steps=args.steps,
@@ -215,11 +298,13 @@ def main(argv=None):
         sampler=args.sampler,
     )
 
-    def load(target):
-        return asyncio.run(run_load(target, args.clients, args.duration, request, args.api_key))
+    def load(target, http_url=None):
+        return asyncio.run(
+            run_load(target, args.clients, args.duration, request, args.api_key, http=http_url)
+        )
 
     if not args.start:
-        stats = load(args.server)
+        stats = load(args.server, args.http_url if args.http else None)
         report(f"server {args.server}", stats)
         results = {"run": stats}
     else:
@@ -236,13 +321,14 @@ def main(argv=None):
         results = {}
         for size in sizes:
             extra = [*base, "--max-batch-size", str(size)]
-            with StartedServer(shlex.split(args.server_cmd), extra, env=env) as server:
-                stats = load(server.target)
-            label = f"max batch {size}"
+            command = shlex.split(args.server_cmd)
+            with StartedServer(command, extra, env=env, http=args.http) as server:
+                stats = load(server.target, server.http_url)
+            label = f"max batch {size}{' (HTTP)' if args.http else ''}"
             report(label, stats)
             results[label] = stats
         if args.compare_batching:
-            on, off = (results[f"max batch {s}"] for s in sizes)
+            on, off = (results[label] for label in results)
             print(
                 f"batching on/off: images/s x{on['images_per_s'] / off['images_per_s']:.2f}, "
                 f"p50 latency x{on['p50_s'] / off['p50_s']:.2f}"

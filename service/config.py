@@ -1,4 +1,5 @@
-"""Server configuration from command-line flags and GRPC_* environment variables.
+"""Server configuration from command-line flags and GRPC_* (and SDCORE_HTTP_PORT) environment
+variables.
 
 A flag given on the command line wins over its environment variable, which wins over the
 default. Every value is checked once, at start; a bad one raises ConfigError naming the flag
@@ -7,6 +8,7 @@ or variable it came from.
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import os
 import ssl
@@ -32,6 +34,7 @@ DEFAULT_QUEUE_COST_REQUESTS = 8
 class ServerConfig:
     host: str = "[::]"
     port: int = DEFAULT_PORT
+    http_port: int = 0  # 0: no HTTP API
     model: str | None = None  # None: the model shipped in the sdcore package
     device: str = "cpu"
     max_workers: int = 4  # engine threads (the loop itself never runs the engine)
@@ -64,6 +67,19 @@ class ServerConfig:
         """Raise ConfigError on the first inconsistent or out-of-range value."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port (GRPC_PORT): {self.port} is not between 0 and 65535")
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(
+                f"HTTP port (SDCORE_HTTP_PORT): {self.http_port} is not between 0 and 65535"
+            )
+        if self.http_port and self.http_port in (self.port, self.metrics_port):
+            raise ConfigError("--http-port: must differ from the gRPC and metrics ports")
+        if self.http_port:
+            missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ConfigError(
+                    f"--http-port: the HTTP API needs {' and '.join(missing)}, not installed; "
+                    "install them with: pip install 'sdcore[http]'"
+                )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port: {self.metrics_port} is not between 0 and 65535")
         if self.metrics_port and self.metrics_port == self.port:
@@ -190,6 +206,7 @@ def parse_int(text, source):
 # (config field, environment variable, parser)
 ENV_VARS = [
     ("port", "GRPC_PORT", parse_int),
+    ("http_port", "SDCORE_HTTP_PORT", parse_int),
     ("max_workers", "GRPC_MAX_WORKERS", parse_int),
     ("max_message_size", "GRPC_MAX_MESSAGE_SIZE", parse_int),
     ("max_concurrent_rpcs", "GRPC_MAX_CONCURRENT_RPCS", parse_int),
@@ -210,6 +227,11 @@ def add_arguments(parser):
     g = parser.add_argument_group("server")
     g.add_argument("--host", help="address to bind (default [::], every interface)")
     g.add_argument("--port", type=int, help=f"gRPC port (env GRPC_PORT, default {DEFAULT_PORT})")
+    g.add_argument(
+        "--http-port",
+        type=int,
+        help="also serve the HTTP APIs on this port (env SDCORE_HTTP_PORT; 0 = off, the default)",
+    )
     g.add_argument(
         "--model", help="checkpoint file or diffusers folder (default: the shipped model)"
     )

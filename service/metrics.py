@@ -38,11 +38,28 @@ class Metrics:
         self.rejections = prom.Counter(
             "sdcore_queue_rejections", "Requests refused because the queue was full", registry=r
         )
+        self.http_requests = prom.Counter(
+            "sdcore_http_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.http_latency = prom.Histogram(
+            "sdcore_http_request_latency_seconds",
+            "Time from the start of an HTTP request to its answer",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._http = None
 
     def observe_rpc(self, rpc, code, seconds):
         self.requests.labels(rpc=rpc, code=code.name).inc()
         self.latency.labels(rpc=rpc).observe(seconds)
+
+    def observe_http(self, route, status, seconds):
+        self.http_requests.labels(route=route, status=str(status)).inc()
+        self.http_latency.labels(route=route).observe(seconds)
 
     def start_http(self, port, host="0.0.0.0"):
         """Serve /metrics; returns the port (useful when port is 0 in tests)."""

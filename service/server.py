@@ -1,4 +1,5 @@
-"""The grpc.aio server: servicers, health, reflection, auth, TLS, metrics and shutdown."""
+"""The grpc.aio server: servicers, health, reflection, auth, TLS, metrics and shutdown; with
+--http-port, the HTTP APIs (service/http.py) on the same loop and ServiceCore."""
 
 import argparse
 import asyncio
@@ -60,6 +61,8 @@ class SdcoreServer:
         self.server = None
         self.port = None
         self.metrics_port = None
+        self.http = None  # service.http.HttpServer, with --http-port
+        self.http_port = None
         self.loaded = None  # task: the model load; its exception is the server's failure
 
     async def start(self):
@@ -110,6 +113,11 @@ class SdcoreServer:
         if not self.port:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
+        if cfg.http_port:
+            from service.http import HttpServer
+
+            self.http = HttpServer(core)
+            self.http_port = await self.http.start()
         if cfg.metrics_port:
             self.metrics_port = self.metrics.start_http(
                 cfg.metrics_port, cfg.metrics_host.strip("[]")
@@ -120,6 +128,7 @@ class SdcoreServer:
             extra={
                 "address": address,
                 "port": self.port,
+                "http_port": self.http_port,
                 "tls": cfg.use_tls,
                 "api_key": cfg.require_api_key,
                 "reflection": cfg.enable_reflection,
@@ -167,9 +176,15 @@ class SdcoreServer:
         await self.health.enter_graceful_shutdown()
         if self.loaded is not None and not self.loaded.done():
             self.loaded.cancel()
+        if self.http is not None:
+            self.http.stop_accepting()
         idle = await self.core.close(grace)
-        # the RPCs have their answers now; a moment to send them, then the connections close
-        await self.server.stop(ANSWER_WAIT_S)
+        # the RPCs and HTTP requests have their answers now; a moment to send them, then the
+        # connections close
+        if self.http is None:
+            await self.server.stop(ANSWER_WAIT_S)
+        else:
+            await asyncio.gather(self.server.stop(ANSWER_WAIT_S), self.http.close(ANSWER_WAIT_S))
         self.metrics.stop_http()
         log.info("stopped", extra={"engine_idle": idle})
         return idle
