@@ -14,6 +14,9 @@ POST /sdapi/v1/txt2img (the HTTP API, same queue and engine), for a fixed time.
     python bench/load.py --start --http --clients 8 --duration 30
     python bench/load.py --server localhost:50051 --http --http-url http://localhost:8080
 
+    # 16 clients for 5 minutes with 8 more that abandon their calls at random moments
+    python bench/load.py --start --clients 16 --churn-clients 8 --duration 300
+
 Prints images/s, p50/p99 latency of answered requests, rejections (RESOURCE_EXHAUSTED over
 gRPC, 503 queue_full over HTTP) and
 other errors by code, and the server's resident memory (from GetStatus) at start and end.
@@ -31,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import grpc
@@ -39,6 +43,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import churn  # noqa: E402  (bench/churn.py, beside this file)
 
 from service.gen import sdcore_service_pb2 as pb  # noqa: E402
 from service.gen import sdcore_service_pb2_grpc as pb_grpc  # noqa: E402
@@ -271,6 +277,13 @@ def build_parser():
         help="run twice, --max-batch-size N then 1, and print the ratio",
     )
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument(
+        "--churn-clients",
+        type=int,
+        default=0,
+        help="also run this many clients that cancel, deadline and disconnect their calls at "
+        "random moments (bench/churn.py) for the same duration",
+    )
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per run")
     p.add_argument("--prompt", default="a red circle on a blue background")
     p.add_argument("--steps", type=int, default=10)
@@ -299,9 +312,31 @@ def main(argv=None):
     )
 
     def load(target, http_url=None):
-        return asyncio.run(
+        churning = None
+        if args.churn_clients:
+            # clients that abandon their calls at random moments, beside the load (bench/churn.py)
+            churning = {}
+            thread = threading.Thread(
+                target=lambda: churning.update(
+                    result=churn.churn(
+                        target, args.churn_clients, 10**9, args.duration, request=request
+                    )
+                )
+            )
+            thread.start()
+        stats = asyncio.run(
             run_load(target, args.clients, args.duration, request, args.api_key, http=http_url)
         )
+        if churning is not None:
+            thread.join()
+            result = churning["result"]
+            stats["churn_calls"] = result.calls
+            stats["churn_failures"] = result.failures
+            print(f"churn beside the load: {result.calls} calls (seed {result.seed})")
+            print(result.table())
+            for failure in result.failures[:10]:
+                print("churn failure:", failure)
+        return stats
 
     if not args.start:
         stats = load(args.server, args.http_url if args.http else None)
