@@ -10,6 +10,13 @@ Emphasis:
   ``BREAK`` (upper case, as a word) ends the current 75-token chunk early, inside
   brackets too.
 
+Bounds: brackets nest at most MAX_EMPHASIS_DEPTH (100) deep, and a fragment's weight (the
+product of its groups' factors) must be finite and at most MAX_EMPHASIS_WEIGHT (100) in
+magnitude. A prompt beyond either is refused with ValidationError on the prompt rather
+than clamped: a weight of 1.1 ** 1000 overflows float32 to inf and the image to NaN, and
+quietly lowering it would draw something other than what was written. (``((word))`` at
+depth 48 already weighs 1.1 ** 48 = 97.)
+
 Long prompts: the tokens (without BOS/EOS) are cut into chunks of 75; each chunk becomes
 BOS + its tokens + EOS, padded with the pad id to 77 ids (for SD 1.x the pad id is EOS),
 and is encoded alone; the chunks' embeddings are
@@ -28,7 +35,11 @@ import re
 
 import numpy as np
 
+from sdcore.request import ValidationError
+
 CHUNK = 75
+MAX_EMPHASIS_DEPTH = 100
+MAX_EMPHASIS_WEIGHT = 100.0
 ROUND, SQUARE = 1.1, 1 / 1.1
 BREAK = "BREAK"
 
@@ -71,10 +82,12 @@ def parse_weights(text):
                 continue
         if piece.startswith("\\") and len(piece) == 2:
             out.append([piece[1], 1.0, False])
-        elif piece == "(":
-            open_round.append(len(out))
-        elif piece == "[":
-            open_square.append(len(out))
+        elif piece in ("(", "["):
+            if len(open_round) + len(open_square) == MAX_EMPHASIS_DEPTH:
+                raise ValidationError(
+                    "prompt", f"brackets nest more than {MAX_EMPHASIS_DEPTH} deep"
+                )
+            (open_round if piece == "(" else open_square).append(len(out))
         elif piece == ")" and open_round:
             scale_from(open_round.pop(), ROUND)
         elif piece == "]" and open_square:
@@ -85,6 +98,12 @@ def parse_weights(text):
         scale_from(start, ROUND)
     for start in open_square:
         scale_from(start, SQUARE)
+    for text_, weight, is_break in out:
+        if not is_break and text_.strip() and not abs(weight) <= MAX_EMPHASIS_WEIGHT:
+            raise ValidationError(
+                "prompt",
+                f"emphasis weight {weight:g} of {text_[:32]!r} is beyond +-{MAX_EMPHASIS_WEIGHT:g}",
+            )
     merged = []
     for item in out or [["", 1.0, False]]:
         if merged and not item[2] and not merged[-1][2] and merged[-1][1] == item[1]:
