@@ -21,6 +21,7 @@ import uuid
 import numpy as np
 
 import sdcore
+from sdcore.request import echo
 from service.errors import (
     AlreadyExists,
     DeadlinePassed,
@@ -157,7 +158,7 @@ class Scheduler:
         if job.params.model not in self.slots:
             raise Unavailable("the model is not loaded yet")
         if job.id in self.jobs:
-            raise AlreadyExists(f"job_id: {job.id!r} is already queued or running")
+            raise AlreadyExists(f"job_id: {echo(job.id)} is already queued or running")
         if len(self.pending) >= self.queue_size:
             if self.metrics:
                 self.metrics.rejections.inc()
@@ -173,7 +174,7 @@ class Scheduler:
         """Stop a job; returns the state it was in. NotFound if it is not queued or running."""
         job = self.jobs.get(job_id)
         if job is None:
-            raise NotFound(f"job_id: no queued or running job {job_id!r}")
+            raise NotFound(f"job_id: no queued or running job {echo(job_id)}")
         previous = job.state
         self._drop(job, JobCancelled(reason))
         return previous

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 
 import grpc
@@ -41,6 +42,25 @@ SERVICE_NAMES = (
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
     text2image_pb2.DESCRIPTOR.services_by_name["Text2ImageService"].full_name,
 )
+
+
+def bind_problem(host, port):
+    """Why (host, port) cannot be listened on, or None; port 0 (any free one) always can."""
+    if not port:
+        return None
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+            s.bind((host, port))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+class ListenError(OSError):
+    """The server cannot bind its address (most often: another process has the port)."""
 
 
 class SdcoreServer:
@@ -92,17 +112,26 @@ class SdcoreServer:
             )
             reflection.enable_server_reflection(names, self.server)
         address = f"{cfg.host}:{cfg.port}"
-        if cfg.use_tls:
-            with open(cfg.key_file, "rb") as f:
-                key = f.read()
-            with open(cfg.cert_file, "rb") as f:
-                cert = f.read()
-            credentials = grpc.ssl_server_credentials([(key, cert)])
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        taken = bind_problem(cfg.host, cfg.port)
+        if taken:  # said here: grpc would log its own multi-line error first
+            raise ListenError(f"cannot listen on {address}: {taken} (choose another with --port)")
+        try:
+            if cfg.use_tls:
+                with open(cfg.key_file, "rb") as f:
+                    key = f.read()
+                with open(cfg.cert_file, "rb") as f:
+                    cert = f.read()
+                credentials = grpc.ssl_server_credentials([(key, cert)])
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {address}")
+            raise ListenError(
+                f"cannot listen on {address}: the port is in use or the address is not this "
+                "machine's (choose another with --port)"
+            )
         await self.server.start()
         if cfg.metrics_port:
             self.metrics_port = self.metrics.start_http(cfg.metrics_port, cfg.metrics_host)
@@ -200,7 +229,11 @@ def run(args, prog="sdcore serve"):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_level, cfg.log_json)
-    return asyncio.run(serve(cfg))
+    try:
+        return asyncio.run(serve(cfg))
+    except ListenError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def main(argv=None):
