@@ -157,9 +157,14 @@ static int is_unset_default(PyObject *dict, const char *key) {
     return 0;
 }
 
-/* Fill cfg from a dict; betas_out receives a float32 array holding trained_betas when
- * the dict has them (the caller releases it once the sampler is created). */
-int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out) {
+/* Fill cfg for a sampler of `kind` from a dict; betas_out receives a float32 array holding
+ * trained_betas when the dict has them (the caller releases it once the sampler is
+ * created). None gives SD 1.5's config. A dict starts from the defaults of the diffusers
+ * class that `kind` mirrors, as from_config does, so a key left out means what it means to
+ * that class (DDIMScheduler without clip_sample clips); keys that class does not have are
+ * ignored, as from_config ignores them (Euler under a DDIM config with clip_sample). */
+int sd_sampler_config_from_py(PyObject *dict, int kind, sd_sampler_config *cfg,
+                              PyObject **betas_out) {
     static const char *const schedules[] = {"scaled_linear", "linear", NULL};
     static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
     static const char *const spacings[] = {"leading", "linspace", "trailing", NULL};
@@ -174,6 +179,10 @@ int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject *
                      Py_TYPE(dict)->tp_name);
         return -1;
     }
+    sd_sampler_config_class_default(kind, cfg);
+    const int is_ddim = kind == SD_SAMPLER_DDIM, is_pndm = kind == SD_SAMPLER_PNDM;
+    const int is_euler = kind == SD_SAMPLER_EULER;
+    const int is_dpmpp = kind == SD_SAMPLER_DPMPP_2M || kind == SD_SAMPLER_DPMPP_2M_KARRAS;
 #define GET(key)                                                                            \
     ((v = PyDict_GetItemString(dict, key)) != NULL && v != Py_None &&                      \
      !is_unset_default(dict, key))
@@ -206,26 +215,36 @@ int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject *
                                 : k == 1 ? SD_SPACING_LINSPACE
                                          : SD_SPACING_TRAILING;
     }
-    if (GET("clip_sample") && config_bool(v, "clip_sample", &cfg->clip_sample) < 0)
+    if (is_ddim && GET("clip_sample") && config_bool(v, "clip_sample", &cfg->clip_sample) < 0)
         return -1;
-    if (GET("clip_sample_range") &&
+    if (is_ddim && GET("clip_sample_range") &&
         config_float(v, "clip_sample_range", &cfg->clip_sample_range) < 0)
         return -1;
-    if (GET("set_alpha_to_one") && config_bool(v, "set_alpha_to_one", &cfg->set_alpha_to_one) < 0)
+    if ((is_ddim || is_pndm) && GET("set_alpha_to_one") &&
+        config_bool(v, "set_alpha_to_one", &cfg->set_alpha_to_one) < 0)
         return -1;
-    if (GET("use_karras_sigmas") &&
+    /* lms has the key too in diffusers; read, so that true is refused rather than dropped */
+    if (!is_ddim && !is_pndm && kind != SD_SAMPLER_EULER_A && GET("use_karras_sigmas") &&
         config_bool(v, "use_karras_sigmas", &cfg->use_karras_sigmas) < 0)
         return -1;
-    if (GET("final_sigmas_type")) {
+    if ((is_euler || is_dpmpp) && GET("final_sigmas_type")) {
         int k = config_choice(v, "final_sigmas_type", finals);
         if (k < 0)
             return -1;
         cfg->final_sigmas_type = k == 0 ? SD_FINAL_SIGMA_ZERO : SD_FINAL_SIGMA_MIN;
     }
-    if (GET("lower_order_final") &&
+    /* pndm is PNDMScheduler with skip_prk_steps=True (SD 1.5's choice): no Runge-Kutta
+     * warm-up; a config that asks for one is refused rather than run without it */
+    if (is_pndm && GET("skip_prk_steps") && v != Py_True) {
+        PyErr_Format(PyExc_ValueError, "sampler config: skip_prk_steps=%R is not supported by "
+                     "sdcore's pndm (it always skips the Runge-Kutta steps)", v);
+        return -1;
+    }
+    if (is_dpmpp && GET("lower_order_final") &&
         config_bool(v, "lower_order_final", &cfg->lower_order_final) < 0)
         return -1;
-    if (GET("euler_at_final") && config_bool(v, "euler_at_final", &cfg->euler_at_final) < 0)
+    if (is_dpmpp && GET("euler_at_final") &&
+        config_bool(v, "euler_at_final", &cfg->euler_at_final) < 0)
         return -1;
     if (GET("trained_betas")) {
         PyObject *arr = PyArray_FROMANY(v, NPY_FLOAT32, 1, 1, NPY_ARRAY_CARRAY);
@@ -282,7 +301,7 @@ static PyObject *sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
         return NULL;
     }
     sd_sampler_config cfg;
-    if (sd_sampler_config_from_py(config, &cfg, &betas) < 0)
+    if (sd_sampler_config_from_py(config, kind, &cfg, &betas) < 0)
         return NULL;
     sd_sampler *s = NULL;
     sd_status st = sd_sampler_create(kind, &cfg, num_steps, &s);
