@@ -1,7 +1,6 @@
 """Compatibility services, so that clients written for other text-to-image gRPC servers work
-unchanged against this one. Each maps its request onto the same queue as sdcore.v1."""
-
-import grpc
+unchanged against this one. Each maps its request onto the same queue as sdcore.v1.
+ImageService is also served as img_service.ImageService (proto/img_service.proto)."""
 
 import sdcore
 from sdcore.request import GenerationRequest
@@ -103,19 +102,3 @@ class Text2ImageServicer(text2image_pb2_grpc.Text2ImageServiceServicer):
             jobs_in_flight=core.scheduler.in_flight(),
             uptime_seconds=core.uptime(),
         )
-
-
-def image_service_alias_handler(servicer):
-    """The same ImageService answered under the name img_service.ImageService, for clients whose
-    copy of the proto declares that package (the messages are identical on the wire)."""
-    handler = grpc.method_handlers_generic_handler(
-        "img_service.ImageService",
-        {
-            "GenerateImage": grpc.unary_unary_rpc_method_handler(
-                servicer.GenerateImage,
-                request_deserializer=image_service_pb2.ImageRequest.FromString,
-                response_serializer=image_service_pb2.ImageResponse.SerializeToString,
-            )
-        },
-    )
-    return handler

@@ -14,18 +14,15 @@ from grpc_reflection.v1alpha import reflection
 from service import config as config_mod
 from service import logs
 from service.auth import ApiKeyInterceptor
-from service.compat import (
-    GpuServicer,
-    ImageServicer,
-    Text2ImageServicer,
-    image_service_alias_handler,
-)
+from service.compat import GpuServicer, ImageServicer, Text2ImageServicer
 from service.core import ServiceCore
 from service.gen import (
     gpu_service_pb2,
     gpu_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
+    img_service_pb2,
+    img_service_pb2_grpc,
     sdcore_service_pb2,
     sdcore_service_pb2_grpc,
     text2image_pb2,
@@ -40,6 +37,8 @@ SERVICE_NAMES = (
     sdcore_service_pb2.DESCRIPTOR.services_by_name["Sdcore"].full_name,
     gpu_service_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name,
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+    # the same ImageService under the package name some clients' copy of the proto declares
+    img_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
     text2image_pb2.DESCRIPTOR.services_by_name["Text2ImageService"].full_name,
 )
 
@@ -97,7 +96,7 @@ class SdcoreServer:
         gpu_service_pb2_grpc.add_GpuServiceServicer_to_server(GpuServicer(core), self.server)
         image_servicer = ImageServicer(core)
         image_service_pb2_grpc.add_ImageServiceServicer_to_server(image_servicer, self.server)
-        self.server.add_generic_rpc_handlers((image_service_alias_handler(image_servicer),))
+        img_service_pb2_grpc.add_ImageServiceServicer_to_server(image_servicer, self.server)
         text2image_pb2_grpc.add_Text2ImageServiceServicer_to_server(
             Text2ImageServicer(core), self.server
         )
@@ -106,7 +105,6 @@ class SdcoreServer:
         if cfg.enable_reflection:
             names = (
                 *SERVICE_NAMES,
-                "img_service.ImageService",
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             )

@@ -767,6 +767,34 @@ def test_reflection_on_and_off():
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_every_reflected_service_is_describable_and_known_to_health():
+    from google.protobuf import descriptor_pool
+    from grpc_reflection.v1alpha import reflection
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with ServerThread(make_config(enable_reflection=True), [EngineDouble()]) as srv:
+        db = ProtoReflectionDescriptorDatabase(srv.channel())
+        pool = descriptor_pool.DescriptorPool(db)
+        services = set(db.get_services())
+        assert "img_service.ImageService" in services
+        health = health_pb2_grpc.HealthStub(srv.channel())
+        for name in sorted(services):
+            service = pool.FindServiceByName(name)
+            assert service.methods, name
+            for method in service.methods:
+                assert pool.FindMessageTypeByName(method.input_type.full_name)
+                assert pool.FindMessageTypeByName(method.output_type.full_name)
+            if name in (reflection.SERVICE_NAME, "grpc.health.v1.Health"):
+                continue
+            check = health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert check.status == health_pb2.HealthCheckResponse.SERVING, name
+        # the alias answers with ImageService's messages, called through its described path
+        method = pool.FindServiceByName("img_service.ImageService").methods_by_name["GenerateImage"]
+        assert method.input_type.full_name == "ImageRequest"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
