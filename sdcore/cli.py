@@ -11,14 +11,18 @@ def cmd_info(args):
     import sdcore
 
     available, reason = sdcore.cuda_available()
+    build = sdcore._C.build_info()
     info = {
         "version": sdcore.__version__,
-        "build": sdcore._C.build_info(),
+        "build": build,
         "cuda_available": available,
         "cuda_devices": sdcore.cuda_devices(),
     }
     if not available:
-        info["cuda_unavailable_because"] = reason
+        # a build without the backend says why it was left out and how to get it
+        info["cuda_unavailable_because"] = (
+            reason if build["cuda_built"] else build["cuda_not_built_because"]
+        )
     print(json.dumps(info, indent=2))
     return 0
 
