@@ -82,6 +82,29 @@ class EngineDouble:
         """As Pipeline.resolve: the same request rules, with this double's model rules."""
         return request.resolve(self, limits)
 
+    def generate(self, requests, callback=None, should_stop=None):
+        """As Pipeline.generate: resolved requests sharing size, steps and sampler."""
+        first = requests[0]
+        prompts, negatives, guidance, seeds = [], [], [], []
+        for r in requests:
+            for s in r.seeds:
+                prompts.append(r.prompt)
+                negatives.append(r.negative_prompt)
+                guidance.append(r.guidance_scale)
+                seeds.append(s)
+        return self(
+            prompts,
+            negative_prompt=negatives,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=guidance,
+            width=first.width,
+            height=first.height,
+            seed=seeds,
+            sampler=first.sampler,
+            callback=callback,
+            should_stop=should_stop,
+        )
+
     def encode_prompt(self, text):
         rng = np.random.default_rng(len(text))
         return rng.standard_normal((1, 77, 32)).astype(np.float32)

@@ -179,3 +179,17 @@ def test_batch_lists_are_checked_per_prompt(pipe):
         pipe(["a", "b"], negative_prompt=["x"], num_inference_steps=1)
     with pytest.raises(ValidationError, match="^prompt: no prompt"):
         pipe([], num_inference_steps=1)
+
+
+def test_the_engine_double_takes_the_same_requests(pipe):
+    from engine_double import EngineDouble, seed_colour
+
+    double = EngineDouble(size_multiple=pipe.rules.size_multiple)
+    request = GenerationRequest("a red circle", width=72, seed=5, num_images=2)
+    for model in (pipe, double):  # the same rules refuse the same width
+        with pytest.raises(ValidationError, match="^width"):
+            model.resolve(request)
+    request = double.resolve(GenerationRequest("a red circle", seed=5, num_images=2))
+    images = double.generate([request])
+    assert [im.seed for im in images] == [5, 6]
+    assert (images[1].array == seed_colour(6)).all()
