@@ -16,7 +16,7 @@ names (``text_model.encoder.layers.0.self_attn.q_proj.weight``,
 ``down_blocks.0.resnets.0.conv1.weight``, ``decoder.up_blocks.0.resnets.0.norm1.weight``)
 with the shapes those models have. A single file's tensors are renamed without a copy
 (``Weights.subset``); every tensor the config calls for is checked to be present with
-its shape before the model is returned.
+its shape, and none is left over, before the model is returned.
 
 VAE attention: CompVis stores the mid-block attention projections (q, k, v,
 proj_out) as 1x1 convolutions, (C, C, 1, 1); diffusers as linear layers, (C, C). The
@@ -29,8 +29,10 @@ The model family is decided in one place (``detect_family`` for single files,
 ``detect_family_from_configs`` for folders); SD 2.x and SDXL are additions there and
 in ``FAMILIES``, not changes to the layout code.
 
-No torch here: shapes come from the configs by the rules of the diffusers and
-transformers model classes, written out below.
+Which tensors a config calls for, with their shapes, is declared once, by the engine
+next to each model (``_C.unet_tensors``, ``vae_tensors``, ``clip_tensors``); this module
+holds only the renaming between those diffusers names and the CompVis ones, and the
+inference of a config from a single file's names and shapes. No torch here.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from typing import NamedTuple
 
 from sdcore import _C
 from sdcore._C import FormatError, UnsupportedError
+from sdcore.text_encoder import tensors as text_encoder_tensors
+from sdcore.vae import tensors as vae_tensors
 
 __all__ = [
     "Component",
@@ -248,292 +252,173 @@ def detect_family_from_configs(folder, configs) -> str:
 
 
 # ------------------------------------------------------------------ layouts ------
+#
+# Which tensors a model of a given config has, with their shapes, is declared once, by
+# the engine (csrc/models/unet.c, vae.c, clip.c: sdcore._C.unet_tensors, vae_tensors,
+# clip_tensors). What is here is only the renaming of those diffusers names to the
+# original CompVis ones of single-file checkpoints.
 
 
 class Param(NamedTuple):
-    """One tensor of a model: diffusers name and shape, and its CompVis counterpart."""
+    """One tensor of a model: diffusers name and shape, and its CompVis counterpart.
+    `required` is False for tensors used when present (attention q/k/v biases)."""
 
     name: str
     shape: tuple
     ldm: str
     ldm_shape: tuple
+    required: bool = True
 
 
-def _linear(out, name, ldm, n_out, n_in, bias=True):
-    out.append(Param(f"{name}.weight", (n_out, n_in), f"{ldm}.weight", (n_out, n_in)))
-    if bias:
-        out.append(Param(f"{name}.bias", (n_out,), f"{ldm}.bias", (n_out,)))
+def _declared(component, config):
+    """[(diffusers name, shape, required)] of a component, as the engine declares it."""
+    if component == "unet":
+        return _C.unet_tensors(config)
+    if component == "vae":
+        return vae_tensors(config)
+    if component == "text_encoder":
+        return text_encoder_tensors(config)
+    raise ValueError(f"unknown component {component!r}")
 
 
-def _conv(out, name, ldm, n_out, n_in, k):
-    out.append(Param(f"{name}.weight", (n_out, n_in, k, k), f"{ldm}.weight", (n_out, n_in, k, k)))
-    out.append(Param(f"{name}.bias", (n_out,), f"{ldm}.bias", (n_out,)))
+# ResnetBlock2D's modules in CompVis' UNet ResBlock
+UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+UNET_TOP = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+# the mid block's three modules, one sequence in CompVis
+UNET_MID = {
+    "resnets.0": "middle_block.0",
+    "attentions.0": "middle_block.1",
+    "resnets.1": "middle_block.2",
+}
 
 
-def _norm(out, name, ldm, c):
-    out.append(Param(f"{name}.weight", (c,), f"{ldm}.weight", (c,)))
-    out.append(Param(f"{name}.bias", (c,), f"{ldm}.bias", (c,)))
+def _unet_ldm_name(name, cfg):
+    """The CompVis name of a UNet2DConditionModel tensor. CompVis numbers the down path
+    as one sequence (input_blocks: conv_in, then per block its resnets [+ attention] and
+    a downsampler) and the up path likewise (output_blocks); a Transformer2D keeps its
+    inner names."""
+    module, leaf = name.rsplit(".", 1)
+    if module in UNET_TOP:
+        return f"{UNET_TOP[module]}.{leaf}"
+    layers = cfg.get("layers_per_block", 2)
+    if isinstance(layers, (list, tuple)):
+        if len(set(layers)) != 1:
+            raise UnsupportedError("UNet with a different layers_per_block per block")
+        layers = layers[0]
+    parts = name.split(".")
+    if parts[0] == "mid_block":
+        base, kind, rest = UNET_MID[".".join(parts[1:3])], parts[1], parts[3:]
+    elif parts[2] == "downsamplers":
+        return f"input_blocks.{(int(parts[1]) + 1) * (layers + 1)}.0.op.{leaf}"
+    elif parts[2] == "upsamplers":
+        i = int(parts[1])
+        attends = cfg["up_block_types"][i] == "CrossAttnUpBlock2D"
+        return f"output_blocks.{i * (layers + 1) + layers}.{2 if attends else 1}.conv.{leaf}"
+    else:
+        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        index = 1 + i * (layers + 1) + j if parts[0] == "down_blocks" else i * (layers + 1) + j
+        where = "input_blocks" if parts[0] == "down_blocks" else "output_blocks"
+        base = f"{where}.{index}.{0 if kind == 'resnets' else 1}"
+    if kind == "resnets":
+        rest = [UNET_RESNET[rest[0]], *rest[1:]]
+    return ".".join([base, *rest])
 
 
-def _conv_as_linear(out, name, ldm, n_out, n_in):
-    """A diffusers linear layer that CompVis stores as a 1x1 conv."""
-    out.append(Param(f"{name}.weight", (n_out, n_in), f"{ldm}.weight", (n_out, n_in, 1, 1)))
-    out.append(Param(f"{name}.bias", (n_out,), f"{ldm}.bias", (n_out,)))
+# the VAE mid attention's modules in CompVis' AttnBlock (1x1 convs for q, k, v, proj_out)
+VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
 
 
-def _as_list(value, n, key):
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise FormatError(f"config '{key}' has {len(value)} entries, expected {n}")
-        return list(value)
-    return [value] * n
+def _vae_ldm_name(name, cfg):
+    """The CompVis name of an AutoencoderKL tensor and whether CompVis stores it as a 1x1
+    conv where diffusers has a linear layer. CompVis counts the decoder's levels from the
+    bottom (decoder.up.0 is diffusers' last up block)."""
+    coder, _, rest = name.partition(".")
+    if coder not in ("encoder", "decoder"):
+        return name, False  # quant_conv, post_quant_conv
+    parts = rest.split(".")
+    if parts[0] == "conv_norm_out":
+        return f"{coder}.norm_out.{parts[1]}", False
+    if parts[0] in ("conv_in", "conv_out"):
+        return name, False
+    if parts[0] == "mid_block":
+        if parts[1] == "resnets":
+            tail = ".".join(parts[3:]).replace("conv_shortcut", "nin_shortcut")
+            return f"{coder}.mid.block_{int(parts[2]) + 1}.{tail}", False
+        module, leaf = ".".join(parts[3:]).rsplit(".", 1)
+        conv = module != "group_norm" and leaf == "weight"
+        return f"{coder}.mid.attn_1.{VAE_ATTENTION[module]}.{leaf}", conv
+    n = len(cfg["block_out_channels"])
+    i = int(parts[1])
+    level, path = (i, "down") if coder == "encoder" else (n - 1 - i, "up")
+    if parts[2] in ("downsamplers", "upsamplers"):
+        return f"{coder}.{path}.{level}.{path}sample.conv.{parts[-1]}", False
+    tail = ".".join(parts[4:]).replace("conv_shortcut", "nin_shortcut")
+    return f"{coder}.{path}.{level}.block.{parts[3]}.{tail}", False
 
 
-def _unet_resnet(out, name, ldm, c_in, c_out, temb):
-    _norm(out, f"{name}.norm1", f"{ldm}.in_layers.0", c_in)
-    _conv(out, f"{name}.conv1", f"{ldm}.in_layers.2", c_out, c_in, 3)
-    _linear(out, f"{name}.time_emb_proj", f"{ldm}.emb_layers.1", c_out, temb)
-    _norm(out, f"{name}.norm2", f"{ldm}.out_layers.0", c_out)
-    _conv(out, f"{name}.conv2", f"{ldm}.out_layers.3", c_out, c_out, 3)
-    if c_in != c_out:
-        _conv(out, f"{name}.conv_shortcut", f"{ldm}.skip_connection", c_out, c_in, 1)
-
-
-def _unet_transformer(out, name, ldm, c, cross, depth, linear_proj):
-    """Transformer2DModel; CompVis' SpatialTransformer uses the same inner names."""
-    _norm(out, f"{name}.norm", f"{ldm}.norm", c)
-    proj = _linear if linear_proj else (lambda o, n, m, a, b: _conv(o, n, m, a, b, 1))
-    proj(out, f"{name}.proj_in", f"{ldm}.proj_in", c, c)
-    for k in range(depth):
-        n, m = f"{name}.transformer_blocks.{k}", f"{ldm}.transformer_blocks.{k}"
-        for attn, kv in (("attn1", c), ("attn2", cross)):
-            _linear(out, f"{n}.{attn}.to_q", f"{m}.{attn}.to_q", c, c, bias=False)
-            _linear(out, f"{n}.{attn}.to_k", f"{m}.{attn}.to_k", c, kv, bias=False)
-            _linear(out, f"{n}.{attn}.to_v", f"{m}.{attn}.to_v", c, kv, bias=False)
-            _linear(out, f"{n}.{attn}.to_out.0", f"{m}.{attn}.to_out.0", c, c)
-        for i in (1, 2, 3):
-            _norm(out, f"{n}.norm{i}", f"{m}.norm{i}", c)
-        _linear(out, f"{n}.ff.net.0.proj", f"{m}.ff.net.0.proj", 8 * c, c)  # GEGLU: 2 x 4c
-        _linear(out, f"{n}.ff.net.2", f"{m}.ff.net.2", c, 4 * c)
-    proj(out, f"{name}.proj_out", f"{ldm}.proj_out", c, c)
-
-
-UNET_DOWN_TYPES = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
-UNET_UP_TYPES = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
-UNET_MID_TYPES = {"UNetMidBlock2DCrossAttn": True, None: False}
-
-
-def _unet_check_supported(cfg):
-    for key, allowed in (("down_block_types", UNET_DOWN_TYPES), ("up_block_types", UNET_UP_TYPES)):
-        for t in cfg[key]:
-            if t not in allowed:
-                raise UnsupportedError(f"UNet block type '{t}' ({key}) is not supported")
-    if cfg["mid_block_type"] not in UNET_MID_TYPES:
-        raise UnsupportedError(f"UNet mid block type '{cfg['mid_block_type']}' is not supported")
-    for key, ok in (
-        ("class_embed_type", None),
-        ("addition_embed_type", None),
-        ("num_class_embeds", None),
-        ("encoder_hid_dim", None),
-        ("time_embedding_type", "positional"),
-        ("resnet_time_scale_shift", "default"),
-        ("dual_cross_attention", False),
-        ("only_cross_attention", False),
-    ):
-        if cfg.get(key, ok) != ok:
-            raise UnsupportedError(f"UNet config '{key}' = {cfg[key]!r} is not supported")
-    if isinstance(cfg["layers_per_block"], (list, tuple)):
-        raise UnsupportedError("UNet with a different layers_per_block per block")
-
-
-def unet_params(cfg) -> list[Param]:
-    """Every tensor of a UNet2DConditionModel with this config (SD 1.x/2.x blocks)."""
-    _unet_check_supported(cfg)
-    ch = list(cfg["block_out_channels"])
-    n, layers = len(ch), cfg["layers_per_block"]
-    cross = cfg["cross_attention_dim"]
-    depth = _as_list(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block")
-    linear_proj = cfg["use_linear_projection"]
-    down_attn = [UNET_DOWN_TYPES[t] for t in cfg["down_block_types"]]
-    up_attn = [UNET_UP_TYPES[t] for t in cfg["up_block_types"]]
-    if len(down_attn) != n or len(up_attn) != n:
-        raise FormatError("UNet config: block type lists and block_out_channels differ in length")
-    temb = cfg.get("time_embedding_dim") or 4 * ch[0]
-    k_in, k_out = cfg["conv_in_kernel"], cfg["conv_out_kernel"]
+def _params(component, config, ldm_name) -> list[Param]:
+    """The declared tensors of a component with their CompVis names (ldm_name(name) ->
+    (CompVis name, stored as a 1x1 conv))."""
     out = []
-    _conv(out, "conv_in", "input_blocks.0.0", ch[0], cfg["in_channels"], k_in)
-    _linear(out, "time_embedding.linear_1", "time_embed.0", temb, ch[0])
-    _linear(out, "time_embedding.linear_2", "time_embed.2", temb, temb)
-
-    c_prev = ch[0]
-    for i, c in enumerate(ch):
-        for j in range(layers):
-            ldm = f"input_blocks.{1 + i * (layers + 1) + j}"
-            name = f"down_blocks.{i}"
-            _unet_resnet(out, f"{name}.resnets.{j}", f"{ldm}.0", c_prev if j == 0 else c, c, temb)
-            if down_attn[i]:
-                _unet_transformer(
-                    out, f"{name}.attentions.{j}", f"{ldm}.1", c, cross, depth[i], linear_proj
-                )
-        if i < n - 1:
-            ldm = f"input_blocks.{(i + 1) * (layers + 1)}.0.op"
-            _conv(out, f"down_blocks.{i}.downsamplers.0.conv", ldm, c, c, 3)
-        c_prev = c
-
-    c = ch[-1]
-    if cfg["mid_block_type"] is not None:
-        _unet_resnet(out, "mid_block.resnets.0", "middle_block.0", c, c, temb)
-        _unet_transformer(
-            out, "mid_block.attentions.0", "middle_block.1", c, cross, depth[-1], linear_proj
-        )
-        _unet_resnet(out, "mid_block.resnets.1", "middle_block.2", c, c, temb)
-
-    rev = ch[::-1]
-    rev_depth = depth[::-1]
-    c_out = rev[0]
-    for i in range(n):
-        c_prev_out, c_out = c_out, rev[i]
-        c_in = rev[min(i + 1, n - 1)]
-        for j in range(layers + 1):
-            ldm = f"output_blocks.{i * (layers + 1) + j}"
-            name = f"up_blocks.{i}"
-            skip = c_in if j == layers else c_out
-            res_in = (c_prev_out if j == 0 else c_out) + skip
-            _unet_resnet(out, f"{name}.resnets.{j}", f"{ldm}.0", res_in, c_out, temb)
-            if up_attn[i]:
-                _unet_transformer(
-                    out,
-                    f"{name}.attentions.{j}",
-                    f"{ldm}.1",
-                    c_out,
-                    cross,
-                    rev_depth[i],
-                    linear_proj,
-                )
-        if i < n - 1:
-            ldm = f"output_blocks.{i * (layers + 1) + layers}.{2 if up_attn[i] else 1}.conv"
-            _conv(out, f"up_blocks.{i}.upsamplers.0.conv", ldm, c_out, c_out, 3)
-
-    _norm(out, "conv_norm_out", "out.0", ch[0])
-    _conv(out, "conv_out", "out.2", cfg["out_channels"], ch[0], k_out)
+    for name, shape, required in _declared(component, config):
+        old, conv = ldm_name(name)
+        out.append(Param(name, shape, old, shape + (1, 1) if conv else shape, required))
     return out
 
 
-def _vae_resnet(out, name, ldm, c_in, c_out):
-    _norm(out, f"{name}.norm1", f"{ldm}.norm1", c_in)
-    _conv(out, f"{name}.conv1", f"{ldm}.conv1", c_out, c_in, 3)
-    _norm(out, f"{name}.norm2", f"{ldm}.norm2", c_out)
-    _conv(out, f"{name}.conv2", f"{ldm}.conv2", c_out, c_out, 3)
-    if c_in != c_out:
-        _conv(out, f"{name}.conv_shortcut", f"{ldm}.nin_shortcut", c_out, c_in, 1)
+def unet_params(cfg, optional=False) -> list[Param]:
+    """Every tensor of a UNet2DConditionModel with this config (as the engine declares
+    it), with its CompVis name; with `optional`, also those used only when present."""
+    params = _params("unet", cfg, lambda n: (_unet_ldm_name(n, cfg), False))
+    return [p for p in params if optional or p.required]
 
 
-def _vae_mid(out, name, ldm, c, attention):
-    _vae_resnet(out, f"{name}.resnets.0", f"{ldm}.block_1", c, c)
-    if attention:
-        a, m = f"{name}.attentions.0", f"{ldm}.attn_1"
-        _norm(out, f"{a}.group_norm", f"{m}.norm", c)
-        for new, old in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
-            _conv_as_linear(out, f"{a}.{new}", f"{m}.{old}", c, c)
-    _vae_resnet(out, f"{name}.resnets.1", f"{ldm}.block_2", c, c)
+def vae_params(cfg, optional=False) -> list[Param]:
+    """Every tensor of an AutoencoderKL with this config, with its CompVis name."""
+    params = _params("vae", cfg, lambda n: _vae_ldm_name(n, cfg))
+    return [p for p in params if optional or p.required]
 
 
-def vae_params(cfg) -> list[Param]:
-    """Every tensor of an AutoencoderKL with this config."""
-    for key, want in (
-        ("down_block_types", "DownEncoderBlock2D"),
-        ("up_block_types", "UpDecoderBlock2D"),
-    ):
-        for t in cfg[key]:
-            if t != want:
-                raise UnsupportedError(f"VAE block type '{t}' ({key}) is not supported")
-    ch = list(cfg["block_out_channels"])
-    n, layers, lat = len(ch), cfg["layers_per_block"], cfg["latent_channels"]
-    attention = cfg.get("mid_block_add_attention", True)
-    out = []
-    _conv(out, "encoder.conv_in", "encoder.conv_in", ch[0], cfg["in_channels"], 3)
-    c_prev = ch[0]
-    for i, c in enumerate(ch):
-        for j in range(layers):
-            _vae_resnet(
-                out,
-                f"encoder.down_blocks.{i}.resnets.{j}",
-                f"encoder.down.{i}.block.{j}",
-                c_prev if j == 0 else c,
-                c,
-            )
-        if i < n - 1:
-            name, ldm = (
-                f"encoder.down_blocks.{i}.downsamplers.0.conv",
-                f"encoder.down.{i}.downsample.conv",
-            )
-            _conv(out, name, ldm, c, c, 3)
-        c_prev = c
-    _vae_mid(out, "encoder.mid_block", "encoder.mid", ch[-1], attention)
-    _norm(out, "encoder.conv_norm_out", "encoder.norm_out", ch[-1])
-    _conv(out, "encoder.conv_out", "encoder.conv_out", 2 * lat, ch[-1], 3)
-    if cfg.get("use_quant_conv", True):
-        _conv(out, "quant_conv", "quant_conv", 2 * lat, 2 * lat, 1)
-    if cfg.get("use_post_quant_conv", True):
-        _conv(out, "post_quant_conv", "post_quant_conv", lat, lat, 1)
-
-    rev = ch[::-1]
-    _conv(out, "decoder.conv_in", "decoder.conv_in", rev[0], lat, 3)
-    _vae_mid(out, "decoder.mid_block", "decoder.mid", rev[0], attention)
-    c_prev = rev[0]
-    for i, c in enumerate(rev):
-        ldm = f"decoder.up.{n - 1 - i}"  # CompVis counts decoder levels from the top
-        for j in range(layers + 1):
-            _vae_resnet(
-                out,
-                f"decoder.up_blocks.{i}.resnets.{j}",
-                f"{ldm}.block.{j}",
-                c_prev if j == 0 else c,
-                c,
-            )
-        if i < n - 1:
-            _conv(out, f"decoder.up_blocks.{i}.upsamplers.0.conv", f"{ldm}.upsample.conv", c, c, 3)
-        c_prev = c
-    _norm(out, "decoder.conv_norm_out", "decoder.norm_out", ch[0])
-    _conv(out, "decoder.conv_out", "decoder.conv_out", cfg["out_channels"], ch[0], 3)
-    return out
-
-
-def text_encoder_params(cfg) -> list[Param]:
+def text_encoder_params(cfg, optional=False) -> list[Param]:
     """Every tensor of a transformers CLIPTextModel with this config, under the names
     of transformers 4 (``text_model.``...), which checkpoints and folders use;
     transformers 5 drops the ``text_model.`` wrapper from its state dict.
 
     CompVis stores the same transformers module, so the names only gain a prefix."""
-    d, inner = cfg["hidden_size"], cfg["intermediate_size"]
-    out = []
-    e = "text_model.embeddings"
-    out.append(Param(f"{e}.token_embedding.weight", (cfg["vocab_size"], d), "", ()))
-    out.append(Param(f"{e}.position_embedding.weight", (cfg["max_position_embeddings"], d), "", ()))
-    for k in range(cfg["num_hidden_layers"]):
-        layer = f"text_model.encoder.layers.{k}"
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            _linear(out, f"{layer}.self_attn.{proj}", "", d, d)
-        _norm(out, f"{layer}.layer_norm1", "", d)
-        _linear(out, f"{layer}.mlp.fc1", "", inner, d)
-        _linear(out, f"{layer}.mlp.fc2", "", d, inner)
-        _norm(out, f"{layer}.layer_norm2", "", d)
-    _norm(out, "text_model.final_layer_norm", "", d)
-    return [p._replace(ldm=p.name, ldm_shape=p.shape) for p in out]
+    params = _params("text_encoder", cfg, lambda n: (n, False))
+    return [p for p in params if optional or p.required]
+
+
+PARAMS = {"unet": unet_params, "vae": vae_params, "text_encoder": text_encoder_params}
+PREFIXES = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": CLIP_PREFIX}
 
 
 def ldm_names(component, config) -> dict:
     """{diffusers name: (CompVis name, CompVis shape)} of a component, the CompVis names
     with their full single-file prefix."""
-    if component == "unet":
-        prefix, params = UNET_PREFIX, unet_params(config)
-    elif component == "vae":
-        prefix, params = VAE_PREFIX, vae_params(config)
-    elif component == "text_encoder":
-        prefix, params = CLIP_PREFIX, text_encoder_params(config)
-    else:
+    if component not in PARAMS:
         raise ValueError(f"unknown component {component!r}")
-    return {p.name: (prefix + p.ldm, p.ldm_shape) for p in params}
+    prefix = PREFIXES[component]
+    return {p.name: (prefix + p.ldm, p.ldm_shape) for p in PARAMS[component](config)}
 
 
 # ------------------------------------------------------------------ inference ----
@@ -683,13 +568,31 @@ def _infer_text_config(names: _Names, family: Family, wrapper="text_model.") -> 
 # ------------------------------------------------------------------ loading ------
 
 
-def _select(weights, params, source, what, prefix):
-    """A Weights holding exactly `params` under their diffusers names, each found in
-    `weights` as prefix + p.ldm with shape p.ldm_shape, and checked."""
-    mapping = {}
+# What files hold that no model reads: the text encoder's position_ids buffer (saved by
+# transformers before 4.31) and the training loss (discriminator) a CompVis VAE may carry.
+NOT_PARAMETERS = {"text_encoder": ("embeddings.position_ids",), "vae": ("loss.",)}
+
+
+def _not_a_parameter(component, name):
+    return any(
+        name.endswith(n) if n.endswith("_ids") else name.startswith(n)
+        for n in NOT_PARAMETERS.get(component, ())
+    )
+
+
+def _select(weights, params, source, component, prefix):
+    """A Weights holding `params` under their diffusers names, each found in `weights` as
+    prefix + p.ldm with shape p.ldm_shape (optional ones where present). A required
+    tensor missing, one misshaped, or one under the prefix that no param names is an
+    error naming it."""
+    what = COMPONENT_NAMES[component]
+    mapping, known = {}, set()
     for p in params:
         old = prefix + p.ldm
+        known.add(old)
         if old not in weights:
+            if not p.required:
+                continue
             raise FormatError(f"{source}: {what} tensor '{old}' is missing")
         got = weights.info(old)[1]
         if got != p.ldm_shape:
@@ -698,7 +601,23 @@ def _select(weights, params, source, what, prefix):
             )
         # a 1x1 conv read as a linear layer: same elements, another shape
         mapping[p.name] = old if p.shape == p.ldm_shape else (old, p.shape)
+    unexpected = [
+        n
+        for n in weights.names()
+        if n.startswith(prefix)
+        and n not in known
+        and not _not_a_parameter(component, n[len(prefix) :])
+    ]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise FormatError(
+            f"{source}: {what} tensor '{unexpected[0]}'{more} is not part of the {what} its "
+            "config describes"
+        )
     return weights.subset(mapping)
+
+
+COMPONENT_NAMES = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}
 
 
 def _load_single_file(path) -> Model:
@@ -713,11 +632,11 @@ def _load_single_file(path) -> Model:
     text_cfg = _infer_text_config(text_names, family, wrapper)
     text_params = [
         p._replace(ldm=wrapper + p.name[len("text_model.") :])
-        for p in text_encoder_params(text_cfg)
+        for p in text_encoder_params(text_cfg, optional=True)
     ]
-    unet = _select(weights, unet_params(unet_cfg), path, "UNet", UNET_PREFIX)
-    vae = _select(weights, vae_params(vae_cfg), path, "VAE", VAE_PREFIX)
-    text = _select(weights, text_params, path, "text encoder", CLIP_PREFIX)
+    unet = _select(weights, unet_params(unet_cfg, optional=True), path, "unet", UNET_PREFIX)
+    vae = _select(weights, vae_params(vae_cfg, optional=True), path, "vae", VAE_PREFIX)
+    text = _select(weights, text_params, path, "text_encoder", CLIP_PREFIX)
     name = os.path.splitext(os.path.basename(path))[0]
     return Model(
         name=name,
@@ -808,11 +727,13 @@ def _load_folder(folder) -> Model:
     vae_cfg = {**family.vae, **configs["vae"]}
     text_cfg = {**family.text_encoder, **configs["text_encoder"]}
 
-    def load(component, params):
+    def load(component, config):
         path = _component_file(folder, component)
         weights = _C.Weights.open(path, skip_unsupported=True)
-        what = component.replace("_", " ")
-        params = [p._replace(ldm=p.name, ldm_shape=p.shape) for p in params]
+        params = [
+            p._replace(ldm=p.name, ldm_shape=p.shape)
+            for p in PARAMS[component](config, optional=True)
+        ]
         if component == "vae":
             params = _legacy_vae_names(weights, params)
         elif (
@@ -821,7 +742,7 @@ def _load_folder(folder) -> Model:
         ):
             # transformers 5 saves CLIPTextModel without its text_model. wrapper name
             params = [p._replace(ldm=p.name[len("text_model.") :]) for p in params]
-        return _select(weights, params, path, what, "")
+        return _select(weights, params, path, component, "")
 
     scheduler_path = os.path.join(folder, "scheduler", "scheduler_config.json")
     # the folder's scheduler as saved (the sampler maps its keys); the family's otherwise
@@ -833,9 +754,9 @@ def _load_folder(folder) -> Model:
     return Model(
         name=os.path.basename(os.path.normpath(folder)),
         family=family.name,
-        text_encoder=Component(text_cfg, load("text_encoder", text_encoder_params(text_cfg))),
-        unet=Component(unet_cfg, load("unet", unet_params(unet_cfg))),
-        vae=Component(vae_cfg, load("vae", vae_params(vae_cfg))),
+        text_encoder=Component(text_cfg, load("text_encoder", text_cfg)),
+        unet=Component(unet_cfg, load("unet", unet_cfg)),
+        vae=Component(vae_cfg, load("vae", vae_cfg)),
         scheduler_config=scheduler,
         tokenizer_dir=tokenizer if os.path.isdir(tokenizer) else None,
         path=folder,

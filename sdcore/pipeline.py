@@ -11,6 +11,7 @@ diffusers does on the CPU.
 """
 
 import dataclasses
+import json
 import os
 import threading
 
@@ -20,19 +21,51 @@ from sdcore import _C, __version__
 from sdcore import params as P
 from sdcore.checkpoint import load_model
 from sdcore.devices import compute_dtype, place_weights, require_cuda
-from sdcore.prompt import chunk_count, encode_prompt
-from sdcore.request import LIMITS, GenerationRequest, ModelRules, ValidationError
+from sdcore.prompt import checked_chunk_count, chunk_count, encode_prompt
+from sdcore.request import (
+    DEFAULT_GUIDANCE,
+    LIMITS,
+    GenerationRequest,
+    ModelRules,
+    ValidationError,
+    check_guidance,
+)
 from sdcore.samplers import SAMPLERS
 from sdcore.text_encoder import TextEncoder
 from sdcore.tokenizer import ClipTokenizer
 from sdcore.vae import VAE
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "models", "default")
-DEFAULT_MODEL_NAME = "sdcore-shapes"
-# Guidance when a call names none. The shipped model is scored at 5 by
-# tools/eval_default_model.py (at 7.5 its colours saturate: held-out colour accuracy 88%
-# instead of 100%); other models get the usual DEFAULT_GUIDANCE of sdcore.request.
-SHIPPED_MODEL_GUIDANCE = 5.0
+# Guidance when a call names none: the usual DEFAULT_GUIDANCE of sdcore.request, unless the
+# model folder's sdcore.json names its own (the C library reads the same file). The shipped
+# model's says 5, the value tools/eval_default_model.py scores it at (at 7.5 its colours
+# saturate: held-out colour accuracy 88% instead of 100%).
+
+
+def model_defaults(folder):
+    """{"name": str, "guidance_scale": float} from ``folder/sdcore.json``, either optional;
+    {} without the file."""
+    path = os.path.join(folder, "sdcore.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    out = {}
+    name = data.get("name") if isinstance(data, dict) else None
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{path}: 'name' must be a non-empty string")
+        out["name"] = name
+    g = data.get("guidance_scale") if isinstance(data, dict) else None
+    if g is not None:
+        try:
+            out["guidance_scale"] = check_guidance(g)
+        except ValidationError as e:
+            raise ValueError(f"{path}: guidance_scale: {e.detail}") from None
+    return out
+
+
+SHIPPED_MODEL_GUIDANCE = model_defaults(DEFAULT_MODEL).get("guidance_scale", DEFAULT_GUIDANCE)
 
 
 class GeneratedImage(np.ndarray):
@@ -138,6 +171,8 @@ class Pipeline:
         )
         self.vae_scaling_factor = self.vae.scaling_factor
         self.scheduler_config = model.scheduler_config
+        # parsed and checked here, once, not on every call
+        self._scheduler = _C.SchedulerConfig(model.scheduler_config)
         self.samplers = list(SAMPLERS)
         self.latent_channels = int(model.unet.config.get("in_channels", 4))
         self.is_default_model = bool(getattr(model, "is_default", False))
@@ -161,7 +196,7 @@ class Pipeline:
             width=size,
             height=size,
             size_multiple=multiple,
-            prompt_chunks=lambda text: chunk_count(self.tokenizer, text),
+            prompt_chunks=lambda text: checked_chunk_count(self.tokenizer, text),
             num_train_timesteps=int(self.scheduler_config.get("num_train_timesteps") or 1000),
             size_reason=(
                 f"the UNet's {levels} levels need latent sides that are multiples of "
@@ -195,11 +230,12 @@ class Pipeline:
             raise FileNotFoundError(f"model: {path} does not exist")
         model = load_model(path)
         model.is_default = os.path.abspath(path) == os.path.abspath(DEFAULT_MODEL)
-        if model.is_default:
-            model.name = DEFAULT_MODEL_NAME
+        defaults = model_defaults(path) if os.path.isdir(path) else {}
+        model.name = defaults.get("name", model.name)
         pipe = cls(model, device=device, dtype=dtype)
-        if model.is_default:
-            pipe.rules = dataclasses.replace(pipe.rules, guidance_scale=SHIPPED_MODEL_GUIDANCE)
+        guidance = defaults.get("guidance_scale")
+        if guidance is not None:
+            pipe.rules = dataclasses.replace(pipe.rules, guidance_scale=guidance)
         return pipe
 
     # ---------------------------------------------------------------- checks --
@@ -356,7 +392,7 @@ class Pipeline:
                 first.height,
                 first.num_inference_steps,
                 first.sampler,
-                self.scheduler_config,
+                self._scheduler,
                 self.vae_scaling_factor,
                 self.vae.factor,
                 self.latent_channels,

@@ -7,15 +7,19 @@ Emphasis:
   ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\``   literal brackets and backslash
   Brackets left open at the end are closed there; a stray closing bracket is kept as text,
   and so is a weight that is not a number (``(word:1.2.3)`` is ``word:1.2.3`` at x 1.1).
+  A group that would take a weight past float32's range (the text encoder multiplies by
+  float32 weights) is not applied: its ``:number`` is kept as text, as one that is not a
+  number is, and a bracket that would overflow is kept as text.
   ``BREAK`` (upper case, as a word) ends the current 75-token chunk early, inside
   brackets too.
 
-Bounds: brackets nest at most MAX_EMPHASIS_DEPTH (100) deep, and a fragment's weight (the
-product of its groups' factors) must be finite and at most MAX_EMPHASIS_WEIGHT (100) in
-magnitude. A prompt beyond either is refused with ValidationError on the prompt rather
-than clamped: a weight of 1.1 ** 1000 overflows float32 to inf and the image to NaN, and
-quietly lowering it would draw something other than what was written. (``((word))`` at
-depth 48 already weighs 1.1 ** 48 = 97.)
+Bounds of a request's prompt (check_emphasis, which sdcore.request applies): brackets nest
+at most MAX_EMPHASIS_DEPTH (100) deep, and a fragment's weight (the product of its groups'
+factors) is at most MAX_EMPHASIS_WEIGHT (100) in magnitude. A prompt beyond either is
+refused with ValidationError on the prompt rather than clamped: about 1000 nested brackets
+weigh 1.1 ** 1000, past float32, and quietly lowering a weight would draw something other
+than what was written. (48 nested ``(`` already weigh 1.1 ** 48 = 97.) parse_weights itself
+never raises on any text.
 
 Long prompts: the tokens (without BOS/EOS) are cut into chunks of 75; each chunk becomes
 BOS + its tokens + EOS, padded with the pad id to 77 ids (for SD 1.x the pad id is EOS),
@@ -41,6 +45,7 @@ CHUNK = 75
 MAX_EMPHASIS_DEPTH = 100
 MAX_EMPHASIS_WEIGHT = 100.0
 ROUND, SQUARE = 1.1, 1 / 1.1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 BREAK = "BREAK"
 
 # one token of the emphasis syntax: an escape, a bracket, ":number)" closing a
@@ -58,9 +63,13 @@ def parse_weights(text):
     open_round, open_square = [], []
 
     def scale_from(start, factor):
-        for item in out[start:]:
-            if not item[2]:
-                item[1] *= factor
+        """Scale the text after `start`; False, scaling nothing, past float32's range."""
+        items = [item for item in out[start:] if not item[2]]
+        if any(not abs(item[1] * factor) <= FLOAT32_MAX for item in items):
+            return False
+        for item in items:
+            item[1] *= factor
+        return True
 
     def add_text(piece):
         for i, part in enumerate(_BREAK.split(piece)):
@@ -72,38 +81,30 @@ def parse_weights(text):
         piece, number = m.group(0), m.group(1)
         if number is not None:
             weight = _to_float(number)
-            if weight is None or not open_round:
-                # not a weight ("(cat:1.2.3)") or nothing to close: the text before the
-                # bracket is kept and the bracket closes a group like a plain ")"
+            if weight is None or not open_round or not scale_from(open_round[-1], weight):
+                # not a weight ("(cat:1.2.3)"), nothing to close or out of range: the text
+                # before the bracket is kept and the bracket closes a group like a plain ")"
                 add_text(piece[:-1])
                 piece = ")"
             else:
-                scale_from(open_round.pop(), weight)
+                open_round.pop()
                 continue
         if piece.startswith("\\") and len(piece) == 2:
             out.append([piece[1], 1.0, False])
-        elif piece in ("(", "["):
-            if len(open_round) + len(open_square) == MAX_EMPHASIS_DEPTH:
-                raise ValidationError(
-                    "prompt", f"brackets nest more than {MAX_EMPHASIS_DEPTH} deep"
-                )
-            (open_round if piece == "(" else open_square).append(len(out))
-        elif piece == ")" and open_round:
-            scale_from(open_round.pop(), ROUND)
-        elif piece == "]" and open_square:
-            scale_from(open_square.pop(), SQUARE)
+        elif piece == "(":
+            open_round.append(len(out))
+        elif piece == "[":
+            open_square.append(len(out))
+        elif piece == ")" and open_round and scale_from(open_round[-1], ROUND):
+            open_round.pop()
+        elif piece == "]" and open_square and scale_from(open_square[-1], SQUARE):
+            open_square.pop()
         else:
             add_text(piece)
     for start in open_round:
         scale_from(start, ROUND)
     for start in open_square:
         scale_from(start, SQUARE)
-    for text_, weight, is_break in out:
-        if not is_break and text_.strip() and not abs(weight) <= MAX_EMPHASIS_WEIGHT:
-            raise ValidationError(
-                "prompt",
-                f"emphasis weight {weight:g} of {text_[:32]!r} is beyond +-{MAX_EMPHASIS_WEIGHT:g}",
-            )
     merged = []
     for item in out or [["", 1.0, False]]:
         if merged and not item[2] and not merged[-1][2] and merged[-1][1] == item[1]:
@@ -180,3 +181,38 @@ def encode_prompt(text_encoder, tokenizer, text, clip_skip=1, min_chunks=1):
 def chunk_count(tokenizer, text):
     """How many 77-token chunks `text` needs."""
     return len(tokenize_weighted(tokenizer, text))
+
+
+def check_emphasis(text):
+    """Raise ValidationError on the prompt when its brackets nest deeper than
+    MAX_EMPHASIS_DEPTH or a fragment weighs more than MAX_EMPHASIS_WEIGHT either way."""
+    rounds = squares = 0
+    for m in _TOKEN.finditer(text):
+        piece = m.group(0)
+        if piece in ("(", "["):
+            if rounds + squares == MAX_EMPHASIS_DEPTH:
+                raise ValidationError(
+                    "prompt", f"brackets nest more than {MAX_EMPHASIS_DEPTH} deep"
+                )
+            if piece == "(":
+                rounds += 1
+            else:
+                squares += 1
+        elif (piece == ")" or m.group(1) is not None) and rounds:
+            rounds -= 1
+        elif piece == "]" and squares:
+            squares -= 1
+    for fragment, weight in parse_weights(text):
+        if not _is_break(fragment, weight) and fragment.strip():
+            if not abs(weight) <= MAX_EMPHASIS_WEIGHT:
+                raise ValidationError(
+                    "prompt",
+                    f"emphasis weight {weight:g} of {fragment[:32]!r} is beyond "
+                    f"+-{MAX_EMPHASIS_WEIGHT:g}",
+                )
+
+
+def checked_chunk_count(tokenizer, text):
+    """chunk_count after check_emphasis: what a request's prompt is measured by."""
+    check_emphasis(text)
+    return chunk_count(tokenizer, text)

@@ -153,7 +153,7 @@ class GenerationRequest:
             1,
             min(limits.max_steps, rules.num_train_timesteps),
         )
-        guidance = _check_guidance(_default(self.guidance_scale, rules.guidance_scale), limits)
+        guidance = check_guidance(_default(self.guidance_scale, rules.guidance_scale), limits)
         sampler = _default(self.sampler, rules.sampler)
         if sampler not in rules.samplers:
             raise ValidationError(
@@ -210,7 +210,8 @@ def _check_size(field, value, rules, limits):
     return value
 
 
-def _check_guidance(value, limits):
+def check_guidance(value, limits=LIMITS):
+    """A guidance scale as a float, or ValidationError on guidance_scale."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError("guidance_scale", f"must be a number, got {echo(value)}")
     value = float(value)

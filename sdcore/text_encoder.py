@@ -29,49 +29,60 @@ def _int_field(config, key):
     return value
 
 
+INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+)
+
+
+def engine_config(config):
+    """The config arguments of ``_C.ClipTextModel`` for a CLIPTextConfig dict; a
+    ValueError names the first bad field."""
+    if not isinstance(config, dict):
+        raise TypeError("text encoder config must be a dict")
+    ints = {key: _int_field(config, key) for key in INT_FIELDS}
+    eps = config.get("layer_norm_eps", DEFAULTS["layer_norm_eps"])
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
+        raise ValueError(
+            f"text encoder config: 'layer_norm_eps' must be finite and positive, got {eps!r}"
+        )
+    act = config.get("hidden_act", DEFAULTS["hidden_act"])
+    if act not in ACTIVATIONS:
+        raise ValueError(
+            f"text encoder config: 'hidden_act' must be one of {sorted(ACTIVATIONS)}, got {act!r}"
+        )
+    if ints["hidden_size"] % ints["num_attention_heads"]:
+        raise ValueError("text encoder config: 'num_attention_heads' must divide 'hidden_size'")
+    return dict(ints, layer_norm_eps=float(eps), quick_gelu=ACTIVATIONS[act])
+
+
+def tensors(config):
+    """Every tensor of the CLIPTextModel with this config, as the engine declares it:
+    [(name under text_model., shape, required)]."""
+    args = engine_config(config)
+    return _C.clip_tensors(**{key: args[key] for key in INT_FIELDS})
+
+
 class TextEncoder:
     """CLIPTextModel in sdcore: ``encode(ids)`` gives the (B, T, hidden) last hidden state
     after the final layer norm, as Stable Diffusion conditions on it."""
 
     def __init__(self, config, weights, device="cpu", dtype=None):
-        if not isinstance(config, dict):
-            raise TypeError("text encoder config must be a dict")
-        ints = {
-            key: _int_field(config, key)
-            for key in (
-                "vocab_size",
-                "hidden_size",
-                "intermediate_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "max_position_embeddings",
-            )
-        }
-        eps = config.get("layer_norm_eps", DEFAULTS["layer_norm_eps"])
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
-            raise ValueError(
-                f"text encoder config: 'layer_norm_eps' must be finite and positive, got {eps!r}"
-            )
-        act = config.get("hidden_act", DEFAULTS["hidden_act"])
-        if act not in ACTIVATIONS:
-            raise ValueError(
-                f"text encoder config: 'hidden_act' must be one of {sorted(ACTIVATIONS)}, "
-                f"got {act!r}"
-            )
-        if ints["hidden_size"] % ints["num_attention_heads"]:
-            raise ValueError("text encoder config: 'num_attention_heads' must divide 'hidden_size'")
+        args = engine_config(config)
         self.config = dict(config)
-        self.hidden_size = ints["hidden_size"]
-        self.vocab_size = ints["vocab_size"]
-        self.max_length = ints["max_position_embeddings"]
-        self.num_layers = ints["num_hidden_layers"]
+        self.hidden_size = args["hidden_size"]
+        self.vocab_size = args["vocab_size"]
+        self.max_length = args["max_position_embeddings"]
+        self.num_layers = args["num_hidden_layers"]
         self.device = device
         self.dtype = compute_dtype(device, dtype)
         self._model = _C.ClipTextModel(
             place_weights(weights, device, self.dtype),
-            **ints,
-            layer_norm_eps=float(eps),
-            quick_gelu=ACTIVATIONS[act],
+            **args,
             device=device,
             dtype=self.dtype,
         )

@@ -22,42 +22,55 @@ def _positive_int(config, key, default):
     return value
 
 
+def engine_config(config):
+    """The arguments of ``_C.VAE`` and ``_C.vae_tensors`` for an AutoencoderKL config dict;
+    a ValueError names the first bad field."""
+    if not isinstance(config, dict):
+        raise TypeError("VAE config must be a dict")
+    for key, want in FIXED.items():
+        if key in config and config[key] != want:
+            raise ValueError(f"VAE config: '{key}' must be {want!r}, got {config[key]!r}")
+    blocks = config.get("block_out_channels", (64,))
+    if not isinstance(blocks, (list, tuple)) or not blocks:
+        raise ValueError("VAE config: 'block_out_channels' must be a non-empty list")
+    for i, c in enumerate(blocks):
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"VAE config: 'block_out_channels[{i}]' must be a positive int")
+    for key, want in BLOCK_TYPES.items():
+        types = config.get(key, [want] * len(blocks))
+        if list(types) != [want] * len(blocks):
+            raise ValueError(f"VAE config: '{key}' must be {len(blocks)} x {want!r}, got {types!r}")
+    return dict(
+        in_channels=_positive_int(config, "in_channels", 3),
+        out_channels=_positive_int(config, "out_channels", 3),
+        latent_channels=_positive_int(config, "latent_channels", 4),
+        block_out_channels=tuple(blocks),
+        layers_per_block=_positive_int(config, "layers_per_block", 1),
+        norm_num_groups=_positive_int(config, "norm_num_groups", 32),
+        mid_attention=bool(config.get("mid_block_add_attention", True)),
+    )
+
+
+def tensors(config, with_encoder=True):
+    """Every tensor of the AutoencoderKL with this config, as the engine declares it:
+    [(diffusers name, shape, required)]."""
+    return _C.vae_tensors(**engine_config(config), with_encoder=with_encoder)
+
+
 class VAE:
     """``decode(z)`` and ``encode(image)`` as AutoencoderKL does, with the scaling
     factor left to the caller (decode wants z / scaling_factor)."""
 
     def __init__(self, config, weights, device="cpu", with_encoder=True, dtype=None):
-        if not isinstance(config, dict):
-            raise TypeError("VAE config must be a dict")
-        for key, want in FIXED.items():
-            if key in config and config[key] != want:
-                raise ValueError(f"VAE config: '{key}' must be {want!r}, got {config[key]!r}")
-        blocks = config.get("block_out_channels", (64,))
-        if not isinstance(blocks, (list, tuple)) or not blocks:
-            raise ValueError("VAE config: 'block_out_channels' must be a non-empty list")
-        for i, c in enumerate(blocks):
-            if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-                raise ValueError(f"VAE config: 'block_out_channels[{i}]' must be a positive int")
-        for key, want in BLOCK_TYPES.items():
-            types = config.get(key, [want] * len(blocks))
-            if list(types) != [want] * len(blocks):
-                raise ValueError(
-                    f"VAE config: '{key}' must be {len(blocks)} x {want!r}, got {types!r}"
-                )
+        args = engine_config(config)
         self.config = dict(config)
         self.scaling_factor = float(config.get("scaling_factor", 0.18215))
-        self.factor = 2 ** (len(blocks) - 1)
+        self.factor = 2 ** (len(args["block_out_channels"]) - 1)
         self.device = device
         self.dtype = compute_dtype(device, dtype)
         self._model = _C.VAE(
             place_weights(weights, device, self.dtype),
-            _positive_int(config, "in_channels", 3),
-            _positive_int(config, "out_channels", 3),
-            _positive_int(config, "latent_channels", 4),
-            tuple(blocks),
-            _positive_int(config, "layers_per_block", 1),
-            _positive_int(config, "norm_num_groups", 32),
-            bool(config.get("mid_block_add_attention", True)),
+            **args,
             with_encoder=with_encoder,
             device=device,
             dtype=self.dtype,

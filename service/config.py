@@ -7,13 +7,25 @@ or variable it came from.
 
 import argparse
 import dataclasses
+import math
 import os
+import ssl
 
 from service import DEFAULT_PORT
 
 
 class ConfigError(ValueError):
     """A configuration value that the server cannot start with."""
+
+
+# Largest message gRPC can be told to accept (its limits are signed 32-bit).
+MAX_MESSAGE_SIZE_LIMIT = 2**31 - 1
+# The default cost budget per request, by device, in 2^20 pixel-steps. On the CPU, 32 allows
+# 512x512 at 30 steps for 2 images, or the shipped model's 128x128 at 150 steps for 8 images, and
+# refuses what would hold the engine for hours (2048x2048, 150 steps, 8 images is 4800).
+DEFAULT_MAX_REQUEST_COST = {"cpu": 32.0, "cuda": 1024.0}
+# The queue's work, by default, in requests of the largest cost.
+DEFAULT_QUEUE_COST_REQUESTS = 8
 
 
 @dataclasses.dataclass
@@ -26,7 +38,7 @@ class ServerConfig:
     max_message_size: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int | None = None  # None: no limit from gRPC itself
     enable_reflection: bool = True
-    require_api_key: bool = False
+    require_api_key: bool | None = None  # None: on exactly when a key is set
     api_key: str | None = None
     use_tls: bool = False
     cert_file: str | None = None
@@ -40,7 +52,11 @@ class ServerConfig:
     max_prompt_chars: int = 4000
     grace_period: float = 10.0  # seconds in-flight work gets on shutdown before it is cancelled
     metrics_port: int = 0  # 0: no metrics endpoint
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str | None = None  # None: the gRPC host
+    # Cost of a request: width * height * steps * images, in units of 2^20 pixel-steps. None: the
+    # device's default (DEFAULT_MAX_REQUEST_COST); the queue holds at most max_queue_cost of work.
+    max_request_cost: float | None = None
+    max_queue_cost: float | None = None
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -54,20 +70,28 @@ class ServerConfig:
             raise ConfigError("--metrics-port: must differ from the gRPC port")
         if self.max_workers < 1:
             raise ConfigError(f"max workers (GRPC_MAX_WORKERS): {self.max_workers} is below 1")
-        if self.max_message_size < 1024:
+        if not 65536 <= self.max_message_size <= MAX_MESSAGE_SIZE_LIMIT:
             raise ConfigError(
-                f"max message size (GRPC_MAX_MESSAGE_SIZE): {self.max_message_size} bytes is "
-                "too small for an image (at least 1024)"
+                f"max message size (GRPC_MAX_MESSAGE_SIZE): {self.max_message_size} bytes is not "
+                f"between 65536 and {MAX_MESSAGE_SIZE_LIMIT}"
             )
         if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
             raise ConfigError(
                 f"max concurrent RPCs (GRPC_MAX_CONCURRENT_RPCS): {self.max_concurrent_rpcs} "
                 "is below 1"
             )
+        if self.require_api_key is None:
+            self.require_api_key = bool(self.api_key)
         if self.require_api_key and not self.api_key:
             raise ConfigError(
                 "an API key is required (GRPC_REQUIRE_API_KEY) but none is set: "
                 "give --api-key or GRPC_API_KEY"
+            )
+        if self.api_key and not self.require_api_key:
+            raise ConfigError(
+                "an API key is set (--api-key or GRPC_API_KEY) but --no-require-api-key or "
+                "GRPC_REQUIRE_API_KEY=false turns checking it off: the server would accept any "
+                "caller; drop one of the two"
             )
         if self.use_tls:
             for name, path in (
@@ -78,6 +102,7 @@ class ServerConfig:
                     raise ConfigError(f"TLS is on (GRPC_USE_TLS) but no {name} is given")
                 if not os.path.isfile(path):
                     raise ConfigError(f"{name}: {path!r} is not a readable file")
+            _check_tls_pair(self.cert_file, self.key_file)
         if self.queue_size < 1:
             raise ConfigError(f"--queue-size: {self.queue_size} is below 1")
         if self.max_batch_size < 1:
@@ -98,11 +123,48 @@ class ServerConfig:
                 f"--device: {self.device!r} is not cpu or cuda (the first GPU; choose another "
                 "with CUDA_VISIBLE_DEVICES)"
             )
+        if self.metrics_host is None:
+            self.metrics_host = self.host
+        if self.max_request_cost is None:
+            self.max_request_cost = DEFAULT_MAX_REQUEST_COST[self.device]
+        if not (self.max_request_cost > 0 and math.isfinite(self.max_request_cost)):
+            raise ConfigError(
+                f"--max-request-cost (SDCORE_MAX_REQUEST_COST): {self.max_request_cost} is not a "
+                "positive number"
+            )
+        if self.max_queue_cost is None:
+            self.max_queue_cost = DEFAULT_QUEUE_COST_REQUESTS * self.max_request_cost
+        queue_cost = self.max_queue_cost
+        if not (queue_cost >= self.max_request_cost and math.isfinite(queue_cost)):
+            raise ConfigError(
+                f"--max-queue-cost (SDCORE_MAX_QUEUE_COST): {self.max_queue_cost} is below "
+                f"--max-request-cost ({self.max_request_cost})"
+            )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(
                 f"--log-level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
             )
         return self
+
+
+def _check_tls_pair(cert_file, key_file):
+    """The certificate chain and key must load and belong together; gRPC itself would only say
+    "Failed to bind to address"."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise ConfigError(
+            f"TLS: cannot use cert file (GRPC_CERT_FILE) {cert_file!r} with key file "
+            f"(GRPC_KEY_FILE) {key_file!r}: {e.strerror or e}"
+        ) from None
+
+
+def parse_float(text, source):
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{source}: {text!r} is not a number") from None
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -137,6 +199,9 @@ ENV_VARS = [
     ("use_tls", "GRPC_USE_TLS", parse_bool),
     ("cert_file", "GRPC_CERT_FILE", lambda text, source: text),
     ("key_file", "GRPC_KEY_FILE", lambda text, source: text),
+    ("max_request_cost", "SDCORE_MAX_REQUEST_COST", parse_float),
+    ("max_queue_cost", "SDCORE_MAX_QUEUE_COST", parse_float),
+    ("grace_period", "SDCORE_GRACE_PERIOD", parse_float),
 ]
 
 
@@ -171,9 +236,10 @@ def add_arguments(parser):
         "--require-api-key",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="reject calls without a matching x-api-key (env GRPC_REQUIRE_API_KEY)",
+        help="reject calls without a matching x-api-key (env GRPC_REQUIRE_API_KEY; default: on "
+        "exactly when a key is set)",
     )
-    g.add_argument("--api-key", help="the key (env GRPC_API_KEY)")
+    g.add_argument("--api-key", help="the key; setting one turns checking on (env GRPC_API_KEY)")
     g.add_argument(
         "--tls",
         dest="use_tls",
@@ -199,12 +265,26 @@ def add_arguments(parser):
         "--max-images", dest="max_images_per_request", type=int, help="most images per request (8)"
     )
     g.add_argument(
+        "--max-request-cost",
+        type=float,
+        help="most work one request may ask for: width*height*steps*images in units of 2^20 "
+        "pixel-steps (env SDCORE_MAX_REQUEST_COST; default 32 on cpu, 1024 on cuda)",
+    )
+    g.add_argument(
+        "--max-queue-cost",
+        type=float,
+        help="most work waiting in the queue, same unit (env SDCORE_MAX_QUEUE_COST; default 8 "
+        "requests of the largest cost)",
+    )
+    g.add_argument(
         "--grace-period",
         type=float,
-        help="seconds in-flight work gets on SIGTERM before it is cancelled (10)",
+        help="seconds in-flight work gets on SIGTERM before it is answered UNAVAILABLE and the "
+        "process exits (env SDCORE_GRACE_PERIOD, default 10)",
     )
     g = parser.add_argument_group("observability")
     g.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0 = off)")
+    g.add_argument("--metrics-host", help="address the metrics endpoint binds (default: --host)")
     g.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     g.add_argument(
         "--log-json",

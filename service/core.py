@@ -5,6 +5,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
 import logging
 import resource
 import time
@@ -12,9 +13,10 @@ import time
 import grpc
 
 import sdcore
-from sdcore.request import LIMITS, ValidationError, echo
-from service.errors import InvalidArgument, ServiceError, Unavailable
-from service.scheduler import Job, ModelSlot, Params, Scheduler
+from sdcore.request import LIMITS, ValidationError
+from service.auth import API_KEY_HEADER
+from service.errors import InvalidArgument, ServiceError, Unavailable, quoted
+from service.scheduler import EmbeddingParams, Job, ModelSlot, Params, Scheduler
 
 log = logging.getLogger("service")
 
@@ -35,6 +37,7 @@ class ServiceCore:
             max_batch_size=config.max_batch_size,
             batch_wait_s=config.batch_wait_ms / 1000.0,
             metrics=metrics,
+            max_queue_cost=config.max_queue_cost,
         )
         self.started = time.monotonic()
         self.state = "loading"  # loading, ready, shutting_down
@@ -101,7 +104,7 @@ class ServiceCore:
             slot = self.slots.get(request.model)
             if slot is None:
                 raise InvalidArgument(
-                    f"{names.get('model', 'model')}: unknown model {echo(request.model)}; "
+                    f"{names.get('model', 'model')}: unknown model {quoted(request.model)}; "
                     f"this server has {sorted(self.slots)}"
                 )
         if request.num_inference_steps is None:
@@ -128,7 +131,32 @@ class ServiceCore:
             model=slot.name,
         )
 
+    def check_budget(self, params):
+        """The service's own limits on one request: its work (--max-request-cost) and the size
+        of its reply (--max-message-size). Raised before the job is queued."""
+        cfg = self.config
+        if params.cost > cfg.max_request_cost:
+            raise InvalidArgument(
+                f"cost: {params.width}x{params.height} pixels x {params.steps} steps x "
+                f"{params.num_images} images is {params.cost:.4g} units of 2^20 pixel-steps, over "
+                f"this server's budget of {cfg.max_request_cost:.4g} per request "
+                "(--max-request-cost); ask for fewer steps, images or pixels"
+            )
+        # a PNG is at most its raw rows (one filter byte each) plus zlib's and its chunks' overhead
+        raw = params.height * (params.width * 3 + 1)
+        reply = params.num_images * (raw + raw // 1000 + 4096)
+        if reply > cfg.max_message_size:
+            raise InvalidArgument(
+                f"num_images: {params.num_images} images of {params.width}x{params.height} may "
+                f"need {reply} bytes, more than this server's largest message of "
+                f"{cfg.max_message_size} bytes (--max-message-size)"
+            )
+
     def submit(self, params, context, job_id="", want_events=False, preview=False):
+        """Queue a job for a validated request; `context` is the RPC's, read here while the
+        RPC is certainly alive (never after)."""
+        if isinstance(params, Params):
+            self.check_budget(params)
         remaining = context.time_remaining() if context is not None else None
         deadline = time.monotonic() + remaining if remaining is not None else None
         job = Job(
@@ -137,36 +165,60 @@ class ServiceCore:
             want_events=want_events,
             preview=preview,
             deadline=deadline,
+            owner=caller(context),
         )
         return self.scheduler.submit(job)
 
-    async def result(self, job, context):
+    async def embedding(self, prompt, model, context):
+        """A prompt's embedding, through the same queue as generations."""
+        slot = self.slot(model)
+        job = self.submit(EmbeddingParams(prompt=prompt, model=slot.name), context)
+        return slot, await self.result(job)
+
+    async def result(self, job):
         """Wait for the job's images. If the RPC is cancelled meanwhile, the job is dropped."""
         try:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
-            self.abandon(job, context)
+            self.abandon(job)
             raise
 
-    def abandon(self, job, context):
-        remaining = context.time_remaining() if context is not None else None
-        late = remaining is not None and remaining <= 0
+    def abandon(self, job):
+        """The job's RPC is over before its result: free its place, stop its work. Reads only the
+        job, never the RPC's context, which may be gone by then."""
+        late = job.deadline is not None and time.monotonic() >= job.deadline
         self.scheduler.abandon(job, "deadline passed" if late else "the client cancelled")
 
     async def generate(self, params, context):
         """Submit and wait: what the unary RPCs do."""
         job = self.submit(params, context)
-        return job, await self.result(job, context)
+        return job, await self.result(job)
 
     async def close(self, grace):
+        """Finish or answer every job within `grace` seconds (and the engine's stop wait).
+        Returns False when an engine call is still running its last step."""
         self.state = "shutting_down"
-        await self.scheduler.close(grace)
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        idle = await self.scheduler.close(grace)
+        self.executor.shutdown(wait=idle, cancel_futures=True)
+        return idle
 
     # -- status ---------------------------------------------------------------------------
 
     def uptime(self):
         return time.monotonic() - self.started
+
+
+def caller(context):
+    """Who makes this call, for Cancel's ownership check: the digest of the API key it carries,
+    else its address without the port (a client may cancel from another connection)."""
+    if context is None:
+        return None
+    for key, value in context.invocation_metadata() or ():
+        if key == API_KEY_HEADER:
+            value = value.encode() if isinstance(value, str) else value
+            return "key:" + hashlib.sha256(value).hexdigest()
+    peer = context.peer() or ""
+    return "peer:" + peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else "peer:" + peer
 
 
 def memory_bytes():
@@ -184,26 +236,40 @@ def memory_bytes():
     return rss, peak or rss
 
 
-def _cancel_code(context):
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
+class RpcCall:
+    """What the service needs of one RPC's context, read while the RPC is certainly alive.
+
+    grpc.aio frees a call's core object once the RPC is over (cancelled, deadline, disconnect);
+    a context method called after that (peer(), time_remaining(), ...) reads freed memory and can
+    take the process down. So the wrapper reads what it needs at the start, and nothing below it
+    touches the context once the RPC may be over.
+    """
+
+    def __init__(self, context):
+        self.peer = context.peer()
+        remaining = context.time_remaining()
+        self.deadline = None if remaining is None else time.monotonic() + remaining
+
+    def cancel_code(self):
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
 
 
 def rpc_method(name, streaming=False):
     """Wrap a servicer method: ServiceError -> its status code, anything else -> INTERNAL with
-    the message (the server goes on serving); count, time and log every call."""
+    the message (the server goes on serving); count, time and log every call.
 
-    def finish(self, context, started, code, error=None):
+    A streaming method is written as an async generator; the wrapper is a plain coroutine that
+    drives it and writes each item with context.write(). grpc.aio would otherwise iterate the
+    generator itself and, when the RPC is cancelled, drop it unclosed: its `finally` clauses then
+    ran later, from the garbage collector, against a context whose call was already freed (a
+    segmentation fault). Here the generator is always closed inside the RPC's own task."""
+
+    def finish(self, call, started, code, error=None):
         seconds = time.monotonic() - started
         self.core.metrics.observe_rpc(name, code, seconds)
-        extra = {
-            "rpc": name,
-            "code": code.name,
-            "seconds": round(seconds, 4),
-            "peer": context.peer(),
-        }
+        extra = {"rpc": name, "code": code.name, "seconds": round(seconds, 4), "peer": call.peer}
         if error:
             extra["error"] = error
         log.log(
@@ -213,45 +279,42 @@ def rpc_method(name, streaming=False):
         )
 
     def decorate(fn):
-        if not streaming:
-
-            @functools.wraps(fn)
-            async def unary(self, request, context):
-                started, code, error = time.monotonic(), grpc.StatusCode.OK, None
-                try:
-                    return await fn(self, request, context)
-                except ServiceError as e:
-                    code, error = e.code, e.message
-                except asyncio.CancelledError:
-                    code = _cancel_code(context)
-                    raise
-                except Exception as e:
-                    log.exception("unexpected error", extra={"rpc": name})
-                    code, error = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
-                finally:
-                    finish(self, context, started, code, error)
-                await context.abort(code, error)
-
-            return unary
-
-        @functools.wraps(fn)
-        async def stream(self, request, context):
+        async def run(self, request, context, body):
             started, code, error = time.monotonic(), grpc.StatusCode.OK, None
+            call = RpcCall(context)
             try:
-                async for item in fn(self, request, context):
-                    yield item
+                return await body(call)
             except ServiceError as e:
                 code, error = e.code, e.message
-            except (asyncio.CancelledError, GeneratorExit):
-                code = _cancel_code(context)
+            except asyncio.CancelledError:
+                code = call.cancel_code()
                 raise
             except Exception as e:
                 log.exception("unexpected error", extra={"rpc": name})
                 code, error = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
             finally:
-                finish(self, context, started, code, error)
-            if error is not None:
-                await context.abort(code, error)
+                finish(self, call, started, code, error)
+            await context.abort(code, error)
+
+        if not streaming:
+
+            @functools.wraps(fn)
+            async def unary(self, request, context):
+                return await run(self, request, context, lambda call: fn(self, request, context))
+
+            return unary
+
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            async def body(call):
+                items = fn(self, request, context)
+                try:
+                    async for item in items:
+                        await context.write(item)
+                finally:
+                    await items.aclose()
+
+            await run(self, request, context, body)
 
         return stream
 

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 import uuid
@@ -21,7 +22,6 @@ import uuid
 import numpy as np
 
 import sdcore
-from sdcore.request import echo
 from service.errors import (
     AlreadyExists,
     DeadlinePassed,
@@ -30,12 +30,16 @@ from service.errors import (
     NotFound,
     QueueFull,
     Unavailable,
+    quoted,
 )
 
 log = logging.getLogger("service.scheduler")
 
 # Largest side of a preview PNG sent with progress events.
 PREVIEW_MAX_SIDE = 64
+
+# On shutdown, how long a cancelled engine call is given to reach its next step and stop.
+ENGINE_STOP_WAIT_S = 2.0
 
 _DONE = object()  # put on a job's event queue once its future has its outcome
 
@@ -59,6 +63,26 @@ class Params:
     def batch_key(self):
         return (self.model, self.width, self.height, self.steps, self.sampler)
 
+    @property
+    def cost(self):
+        """The request's work in 2^20 pixel-steps: what --max-request-cost bounds."""
+        return request_cost(self.width, self.height, self.steps, self.num_images)
+
+
+def request_cost(width, height, steps, num_images):
+    return width * height * steps * num_images / 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingParams:
+    """A GetEmbedding call: it waits in the same queue as generations, and runs alone."""
+
+    prompt: str
+    model: str
+    num_images = 0
+    batch_key = None  # never batched
+    cost = 0.0
+
 
 @dataclasses.dataclass
 class ImageResult:
@@ -70,9 +94,12 @@ class ImageResult:
 
 
 class Job:
-    def __init__(self, params, job_id=None, want_events=False, preview=False, deadline=None):
+    def __init__(
+        self, params, job_id=None, want_events=False, preview=False, deadline=None, owner=None
+    ):
         self.id = job_id or uuid.uuid4().hex
         self.params = params
+        self.owner = owner  # who may Cancel it: an API key's digest, or the caller's address
         self.preview = preview
         self.deadline = deadline  # time.monotonic() value, or None
         self.state = "new"  # new, queued, running, done, failed, cancelled
@@ -131,10 +158,20 @@ class ModelSlot:
 
 
 class Scheduler:
-    def __init__(self, slots, executor, queue_size, max_batch_size, batch_wait_s=0.0, metrics=None):
+    def __init__(
+        self,
+        slots,
+        executor,
+        queue_size,
+        max_batch_size,
+        batch_wait_s=0.0,
+        metrics=None,
+        max_queue_cost=math.inf,
+    ):
         self.slots = slots  # name -> ModelSlot
         self.executor = executor
         self.queue_size = queue_size
+        self.max_queue_cost = max_queue_cost
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.metrics = metrics
@@ -158,11 +195,20 @@ class Scheduler:
         if job.params.model not in self.slots:
             raise Unavailable("the model is not loaded yet")
         if job.id in self.jobs:
-            raise AlreadyExists(f"job_id: {echo(job.id)} is already queued or running")
+            raise AlreadyExists(f"job_id: {quoted(job.id)} is already queued or running")
         if len(self.pending) >= self.queue_size:
             if self.metrics:
                 self.metrics.rejections.inc()
             raise QueueFull(f"the queue is full ({self.queue_size} jobs waiting); try again later")
+        waiting = self.queued_cost()
+        if waiting > 0 and waiting + job.params.cost > self.max_queue_cost:
+            if self.metrics:
+                self.metrics.rejections.inc()
+            raise QueueFull(
+                f"the queue holds {waiting:.4g} units of work and this request is "
+                f"{job.params.cost:.4g}, over the queue's budget of {self.max_queue_cost:.4g} "
+                "(--max-queue-cost); try again later"
+            )
         job.state = "queued"
         self.pending.append(job)
         self.jobs[job.id] = job
@@ -170,11 +216,12 @@ class Scheduler:
         self._wake.set()
         return job
 
-    def cancel(self, job_id, reason="cancelled"):
-        """Stop a job; returns the state it was in. NotFound if it is not queued or running."""
+    def cancel(self, job_id, reason="cancelled", owner=None):
+        """Stop a job; returns the state it was in. NotFound if it is not queued or running, or
+        if it belongs to another caller (whose job ids are not this caller's to learn)."""
         job = self.jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"job_id: no queued or running job {echo(job_id)}")
+        if job is None or job.owner != owner:
+            raise NotFound(f"job_id: no queued or running job {quoted(job_id)} of this caller")
         previous = job.state
         self._drop(job, JobCancelled(reason))
         return previous
@@ -195,6 +242,9 @@ class Scheduler:
 
     def queue_depth(self):
         return len(self.pending)
+
+    def queued_cost(self):
+        return sum(job.params.cost for job in self.pending)
 
     def in_flight(self):
         return len(self.running)
@@ -227,14 +277,18 @@ class Scheduler:
                 continue
             jobs = [first]
             images = first.params.num_images
-            for job in self.pending:
+            for job in self.pending if first.params.batch_key is not None else ():
                 if job is first or job.params.batch_key != first.params.batch_key:
                     continue
                 if images + job.params.num_images > self.max_batch_size:
                     continue
                 jobs.append(job)
                 images += job.params.num_images
-            if self.batch_wait_s > 0 and images < self.max_batch_size:
+            if (
+                self.batch_wait_s > 0
+                and first.params.batch_key is not None
+                and images < self.max_batch_size
+            ):
                 wait = first.t_arrive + self.batch_wait_s - time.monotonic()
                 if wait > 0:
                     # let compatible requests gather while the engine is idle anyway
@@ -255,6 +309,21 @@ class Scheduler:
         return None
 
     async def _run_batch(self, slot, jobs):
+        try:
+            await self._run_jobs(slot, jobs)
+        finally:
+            for job in jobs:
+                self.running.pop(job.id, None)
+                self.jobs.pop(job.id, None)
+            slot.busy = False
+            if self.metrics:
+                self.metrics.jobs_in_flight.set(len(self.running))
+            self._wake.set()
+
+    async def _run_jobs(self, slot, jobs):
+        """One engine call for `jobs`. If it fails, each job still wanted is run again alone, so
+        that a request the engine cannot serve (a prompt that decodes to non-finite values, say)
+        fails by itself and never the requests batched with it."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
@@ -269,43 +338,48 @@ class Scheduler:
                 )
                 job.finish(error=error)
         except Exception as e:  # the engine's failure is the batch's, not the server's
+            wanted = [job for job in jobs if not job.future.done()]
+            if len(jobs) > 1 and wanted:
+                log.warning(
+                    "batch failed; running its jobs one by one",
+                    extra={"jobs": [j.id for j in jobs], "error": _cut(str(e))},
+                )
+                for job in wanted:
+                    await self._run_jobs(slot, [job])
+                return
             log.error(
                 "engine call failed",
                 exc_info=True,
-                extra={"jobs": [j.id for j in jobs], "error": str(e)},
+                extra={"jobs": [j.id for j in jobs], "error": _cut(str(e))},
             )
             for job in jobs:
-                job.finish(error=EngineError(f"engine error: {type(e).__name__}: {e}"))
+                job.finish(error=EngineError(f"engine error: {type(e).__name__}: {_cut(str(e))}"))
         else:
             seconds = time.monotonic() - started
             for job, images in zip(jobs, results, strict=True):
                 job.generate_seconds = seconds
-                if job.finish(result=images):
+                if job.finish(result=images) and not isinstance(job.params, EmbeddingParams):
                     self.images_generated += len(images)
                     if self.metrics:
                         self.metrics.images.inc(len(images))
-        finally:
-            for job in jobs:
-                self.running.pop(job.id, None)
-                self.jobs.pop(job.id, None)
-            slot.busy = False
-            if self.metrics:
-                self.metrics.jobs_in_flight.set(len(self.running))
-            self._wake.set()
 
-    async def close(self, grace):
-        """Refuse new jobs; give queued and running ones `grace` seconds, then cancel them."""
+    async def close(self, grace, engine_wait=ENGINE_STOP_WAIT_S):
+        """Refuse new jobs; give queued and running ones `grace` seconds, then answer them
+        UNAVAILABLE. Returns True when the engine is idle, False when an engine call is still
+        in its current step after `engine_wait` more seconds (it stops at the step's end, which
+        for a large image may be minutes away: the caller need not wait for it)."""
         self.accepting = False
         deadline = time.monotonic() + grace
         while self.jobs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for job in list(self.jobs.values()):
             self._drop(job, Unavailable("the server shut down before the job finished"))
-        if self._batches:
-            await asyncio.gather(*self._batches, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._batches:
+            await asyncio.wait(set(self._batches), timeout=engine_wait)
+        return not self._batches
 
 
 # -- the engine thread ----------------------------------------------------------------------
@@ -318,6 +392,10 @@ def _engine_call(slot, jobs, loop):
     the engine contract makes the same images as one entry with num_images n; so requests that
     ask for different counts still share a call.
     """
+    if isinstance(jobs[0].params, EmbeddingParams):
+        with slot.lock:
+            embedding = slot.pipeline.encode_prompt(jobs[0].params.prompt)
+        return [np.asarray(embedding, dtype=np.float32)]
     prompts, negatives, guidance, seeds = [], [], [], []
     for job in jobs:
         p = job.params
@@ -364,6 +442,11 @@ def _engine_call(slot, jobs, loop):
         results.append([_image_result(img) for img in images[offset : offset + n]])
         offset += n
     return results
+
+
+def _cut(text, limit=300):
+    """An engine message as it goes into an error or a log line: bounded in length."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _image_result(img):

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -30,8 +31,12 @@ from service.gen import (
 )
 from service.metrics import Metrics
 from service.servicers import SdcoreServicer
+from service.wire import DecodeErrorInterceptor
 
 log = logging.getLogger("service")
+
+# After the jobs have been answered on shutdown, how long the RPCs get to send those answers.
+ANSWER_WAIT_S = 1.0
 
 SERVICE_NAMES = (
     sdcore_service_pb2.DESCRIPTOR.services_by_name["Sdcore"].full_name,
@@ -86,6 +91,7 @@ class SdcoreServer:
         interceptors = []
         if cfg.require_api_key:
             interceptors.append(ApiKeyInterceptor(cfg.api_key, self.metrics))
+        interceptors.append(DecodeErrorInterceptor())
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=options,
@@ -132,7 +138,9 @@ class SdcoreServer:
             )
         await self.server.start()
         if cfg.metrics_port:
-            self.metrics_port = self.metrics.start_http(cfg.metrics_port, cfg.metrics_host)
+            self.metrics_port = self.metrics.start_http(
+                cfg.metrics_port, cfg.metrics_host.strip("[]")
+            )
         core.scheduler.start()
         log.info(
             "listening",
@@ -169,7 +177,9 @@ class SdcoreServer:
             await self.health.set(name, status)
 
     async def stop(self, grace=None):
-        """Stop taking calls; give in-flight ones `grace` seconds; then cancel what is left."""
+        """Stop taking jobs; give queued and running ones `grace` seconds; answer what is left
+        UNAVAILABLE; then stop the gRPC server. Returns False when an engine call is still in
+        its last step (see Scheduler.close)."""
         grace = self.config.grace_period if grace is None else grace
         log.info(
             "shutting down",
@@ -184,10 +194,12 @@ class SdcoreServer:
         await self.health.enter_graceful_shutdown()
         if self.loaded is not None and not self.loaded.done():
             self.loaded.cancel()
-        await self.server.stop(grace)
-        await self.core.close(0)
+        idle = await self.core.close(grace)
+        # the RPCs have their answers now; a moment to send them, then the connections close
+        await self.server.stop(ANSWER_WAIT_S)
         self.metrics.stop_http()
-        log.info("stopped")
+        log.info("stopped", extra={"engine_idle": idle})
+        return idle
 
 
 async def serve(config, pipelines=None):
@@ -208,7 +220,12 @@ async def serve(config, pipelines=None):
     elif not stop.is_set():
         await stopper
     stopper.cancel()
-    await server.stop(0 if status else config.grace_period)
+    idle = await server.stop(0 if status else config.grace_period)
+    if not idle:
+        # Every job has its answer; an engine thread is still inside one step and would hold the
+        # interpreter's exit (it joins worker threads) until the step ends. Exit without it.
+        logging.shutdown()
+        os._exit(status)
     return status
 
 

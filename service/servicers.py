@@ -2,11 +2,9 @@
 
 import asyncio
 
-import numpy as np
-
 import sdcore
 from sdcore.request import GenerationRequest
-from service.core import memory_bytes, rpc_method
+from service.core import caller, memory_bytes, rpc_method
 from service.errors import InvalidArgument
 from service.gen import sdcore_service_pb2 as pb
 from service.gen import sdcore_service_pb2_grpc as pb_grpc
@@ -72,7 +70,7 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
         params = params_from_request(self.core, request)
         job = self.core.submit(params, context, job_id=request.job_id)
         await context.send_initial_metadata((("x-job-id", job.id),))
-        images = await self.core.result(job, context)
+        images = await self.core.result(job)
         return response_from_job(job, images)
 
     @rpc_method("GenerateStream", streaming=True)
@@ -95,7 +93,7 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
                         progress=pb.Progress(job_id=job.id, step=step, total=total, preview_png=png)
                     )
         except (asyncio.CancelledError, GeneratorExit):
-            self.core.abandon(job, context)
+            self.core.abandon(job)
             raise
         images = job.future.result()  # raises the job's error, if it failed
         yield pb.GenerateEvent(result=response_from_job(job, images))
@@ -104,7 +102,10 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
     async def Cancel(self, request, context):
         if not request.job_id:
             raise InvalidArgument("job_id: empty")
-        previous = self.core.scheduler.cancel(request.job_id, "cancelled by a Cancel request")
+        _check_job_id(request.job_id)
+        previous = self.core.scheduler.cancel(
+            request.job_id, "cancelled by a Cancel request", owner=caller(context)
+        )
         return pb.CancelResponse(job_id=request.job_id, previous_state=previous)
 
     @rpc_method("GetStatus")
@@ -160,13 +161,7 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
         core = self.core
         # the prompt and model are checked as Generate checks them
         params = core.params(GenerationRequest(prompt=request.prompt, model=request.model or None))
-        slot = core.slots[params.model]
-
-        def encode():
-            with slot.lock:
-                return np.asarray(slot.pipeline.encode_prompt(params.prompt), dtype=np.float32)
-
-        emb = await asyncio.get_running_loop().run_in_executor(core.executor, encode)
+        slot, emb = await core.embedding(params.prompt, params.model, context)
         return pb.EmbeddingResponse(
             shape=list(emb.shape), values=emb.ravel().tolist(), model=slot.name
         )

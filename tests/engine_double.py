@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import sdcore
-from sdcore.prompt import chunk_count
+from sdcore.prompt import checked_chunk_count
 from sdcore.request import ModelRules
 
 SAMPLERS = ["ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "pndm", "lms"]
@@ -64,7 +64,7 @@ class EngineDouble:
             width=default_size[0],
             height=default_size[1],
             size_multiple=size_multiple,
-            prompt_chunks=lambda text: chunk_count(WordTokenizer(), text),
+            prompt_chunks=lambda text: checked_chunk_count(WordTokenizer(), text),
         )
         self.step_seconds = step_seconds
         self.fail_on = fail_on

@@ -1,6 +1,7 @@
 """`sdcore generate` from the command line, on the shipped model."""
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -25,13 +26,19 @@ def test_generate_guidance_default_follows_the_model(tmp_path, capsys):
     assert main(args + [str(shipped)]) == 0
     assert f"CFG scale: {SHIPPED_MODEL_GUIDANCE:g}," in _parameters(shipped)
 
-    # another model (here the same files under another path, which sdcore cannot tell
-    # from any other checkpoint)
+    # the default is the model folder's (its sdcore.json), not the path's: the same
+    # components without that file get the usual 7.5, and with another value, that one
     folder = tmp_path / "model"
-    folder.symlink_to(DEFAULT_MODEL, target_is_directory=True)
+    folder.mkdir()
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (folder / part).symlink_to(os.path.join(DEFAULT_MODEL, part), target_is_directory=True)
     other = tmp_path / "other.png"
     assert main(args + [str(other), "--model", str(folder)]) == 0
     assert f"CFG scale: {DEFAULT_GUIDANCE:g}," in _parameters(other)
+    assert "Model: model," in _parameters(other)
+    (folder / "sdcore.json").write_text('{"name": "mine", "guidance_scale": 6.5}')
+    assert main(args + [str(other), "--model", str(folder)]) == 0
+    assert "CFG scale: 6.5," in _parameters(other) and "Model: mine," in _parameters(other)
 
     given = tmp_path / "given.png"
     assert main(args + [str(given), "--cfg", "3"]) == 0

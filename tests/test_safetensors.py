@@ -1,13 +1,9 @@
 """safetensors reading: files written by the `safetensors` package read back exactly, bad
 files raise an exception naming the file and tensor, and mutated files never crash.
 
-Running the fuzz test under AddressSanitizer (see also docs/asan.md), from the checkout:
-
-    CFLAGS="-fsanitize=address -fno-omit-frame-pointer" LDFLAGS=-fsanitize=address \\
-        SDCORE_CUDA=0 python setup.py -q build_ext --inplace --force
-    LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \\
-        python -m pytest -q -p no:cacheprovider tests/test_safetensors.py
-    SDCORE_CUDA=0 python setup.py -q build_ext --inplace --force   # back to a normal build
+Under AddressSanitizer and UndefinedBehaviorSanitizer: `bash tools/sanitize.sh
+tests/test_safetensors.py` (docs/asan.md); coverage-guided fuzzing of the same reader:
+`bash tests/fuzz/run.sh safetensors json`.
 """
 
 import json
@@ -18,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as torch_save_file
 
@@ -105,31 +102,36 @@ def test_unaligned_tensor_is_copied(tmp_path, rng):
         "h": entry("F16", (3,), 0, 6),
         "f": entry("F32", (2, 3), 6, 30),
         "b": entry("F16", (1,), 30, 32),
+        "byte": entry("U8", (1,), 32, 33),  # skipped, and puts "odd" at an odd offset
         "odd": entry("F16", (2,), 33, 37),
     }
     odd = rng.standard_normal(2).astype(np.float16)
     data = h.tobytes() + f.tobytes() + b.tobytes() + b"\x00" + odd.tobytes()
-    w = Weights.open(str(write_raw(tmp_path / "u.safetensors", header, data)))
+    path = write_raw(tmp_path / "u.safetensors", header, data)
+    w = Weights.open(str(path), skip_unsupported=True)
+    assert "byte" not in w
     np.testing.assert_array_equal(w.array("h"), h.astype(np.float32))
     np.testing.assert_array_equal(w.array("f"), f)
     np.testing.assert_array_equal(w.array("b"), b.astype(np.float32))
     np.testing.assert_array_equal(w.array("odd"), odd.astype(np.float32))
 
 
-def test_escapes_in_names_and_gaps_and_empty_tensors(tmp_path):
+def test_escapes_in_names_and_empty_tensors(tmp_path):
     raw = (
         b'{"caf\\u00e9 \\ud83c\\udf88 \\"q\\" \\\\ \\/ \\t":'
         b'{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
         b' "empty" : {"dtype":"F16","shape":[0,3],"data_offsets":[8,8]},'
-        b'"gap":{"shape":[1],"dtype":"F32","data_offsets":[12,16]}}'
+        b'"last":{"shape":[1],"dtype":"F32","data_offsets":[8,12]},'
+        b'"empty.end":{"shape":[4,0],"dtype":"BF16","data_offsets":[12,12]}}'
     )
-    data = np.array([1.5, -2.0], np.float32).tobytes() + b"\xff" * 4 + struct.pack("<f", 3.0)
+    data = np.array([1.5, -2.0], np.float32).tobytes() + struct.pack("<f", 3.0)
     w = Weights.open(str(write_raw(tmp_path / "n.safetensors", raw, data)))
     name = 'caf\u00e9 \U0001f388 "q" \\ / \t'
-    assert sorted(w.names()) == sorted([name, "empty", "gap"])
+    assert sorted(w.names()) == sorted([name, "empty", "last", "empty.end"])
     np.testing.assert_array_equal(w.array(name), [1.5, -2.0])
     assert w.array("empty").shape == (0, 3)
-    np.testing.assert_array_equal(w.array("gap"), [3.0])
+    assert w.array("empty.end").shape == (4, 0)
+    np.testing.assert_array_equal(w.array("last"), [3.0])
 
 
 def test_skip_unsupported(tmp_path, rng):
@@ -241,6 +243,90 @@ def test_overlapping_ranges(tmp_path):
     header = {"inner": entry("F16", (2,), 4, 8), "outer": entry("F32", (4,), 0, 16)}
     path = write_raw(tmp_path / "o.safetensors", header, bytes(16))
     open_fails(path, sdcore.FormatError, "'inner'", "'outer'", "overlap")
+
+
+def refused_by_reference(path):
+    """Whether the `safetensors` library refuses the file (it checks the layout on open)."""
+    try:
+        with safe_open(str(path), "np") as f:
+            list(f.keys())
+    except SafetensorError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "tensors,size,words",
+    [
+        # a hole between two tensors
+        ({"a": ("F32", (2,), 0, 8), "b": ("F32", (1,), 12, 16)}, 16, ["[8, 12)", "'b'"]),
+        # bytes after the last tensor
+        ({"a": ("F32", (2,), 0, 8)}, 9, ["[8, 9)", "after the last tensor 'a'"]),
+        ({"a": ("F16", (2,), 0, 4), "b": ("F32", (1,), 4, 8)}, 16, ["[8, 16)", "'b'"]),
+        # bytes before the first tensor
+        ({"a": ("F32", (1,), 4, 8)}, 8, ["[0, 4)", "'a'"]),
+        # a data area and no tensor at all, or only empty ones
+        ({}, 8, ["8 bytes", "no tensor"]),
+        ({"e": ("F32", (0,), 0, 0)}, 4, ["[0, 4)", "'e'"]),
+        # an unsupported tensor covers its bytes, but not the hole after it
+        (
+            {"a": ("F32", (1,), 0, 4), "i": ("I32", (1,), 4, 8), "b": ("F32", (1,), 12, 16)},
+            16,
+            ["[8, 12)", "'b'"],
+        ),
+        # an empty tensor must sit at a boundary, not inside another tensor's bytes
+        ({"a": ("F32", (4,), 0, 16), "e": ("F32", (0,), 8, 8)}, 16, ["'a'", "'e'", "overlap"]),
+    ],
+)
+def test_unused_bytes_are_refused(tmp_path, rng, tensors, size, words):
+    header = {name: entry(*spec) for name, spec in tensors.items()}
+    data = rng.bytes(size)
+    path = write_raw(tmp_path / "u.safetensors", header, data)
+    with pytest.raises(sdcore.FormatError) as info:
+        Weights.open(str(path), skip_unsupported=True)
+    for word in (str(path), *words):
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+    assert refused_by_reference(path)
+    # the same tensors with the unused bytes cut out load, in both readers
+    layout = sorted((b, e, n) for n, (_, _, b, e) in tensors.items())
+    fixed, pos = {}, 0
+    for begin, end, name in layout:
+        dtype, shape = tensors[name][:2]
+        fixed[name] = entry(dtype, shape, pos, pos + end - begin)
+        pos += end - begin
+    packed = b"".join(data[b:e] for b, e, _ in layout)
+    path = write_raw(tmp_path / "fixed.safetensors", fixed, packed)
+    w = Weights.open(str(path), skip_unsupported=True)
+    assert not refused_by_reference(path)
+    for begin, end, name in layout:
+        dtype = tensors[name][0]
+        if dtype in SUPPORTED:
+            expect = np.frombuffer(data[begin:end], SUPPORTED[dtype]).astype(np.float32)
+            np.testing.assert_array_equal(w.array(name).ravel(), expect, err_msg=name)
+
+
+def test_shape_beyond_what_can_be_indexed(tmp_path, rng):
+    """An empty tensor holds no bytes, but each of its dims must still be indexable: a
+    shape whose dims (a zero counted as 1) multiply past SD_SAFETENSORS_MAX_SPAN
+    (INT64_MAX // 8) is refused at open, whatever the order of its dims."""
+    limit = (2**63 - 1) // 8
+    path = tmp_path / "s.safetensors"
+    big = int(rng.integers(limit + 1, 2**63))  # any dim past the limit
+    a, b = (int(x) for x in rng.integers(2**31, 2**32, 2))  # a * b * 2**29 > limit
+    for shape in ([0, 2**62], [2**62, 0], [0, big], [0, a, b, 2**29], [a, 0, b, 2**29]):
+        shape = shape if rng.integers(2) else shape[::-1]
+        write_raw(path, {"huge.weight": entry("F16", shape, 0, 0)})
+        open_fails(path, sdcore.FormatError, "'huge.weight'", "too large")
+        # the same check holds for a tensor that would be skipped
+        write_raw(path, {"huge.ids": entry("I64", shape, 0, 0)})
+        with pytest.raises(sdcore.FormatError, match="'huge.ids'.*too large"):
+            Weights.open(str(path), skip_unsupported=True)
+    # at the limit the shape is accepted and NumPy can make its (empty) array
+    for shape in ([0, limit], [limit, 0], [0, 2**30, 2**30 - 1], [2**20 - 1, 2**20, 0, 2**20]):
+        write_raw(path, {"edge": entry("F32", shape, 0, 0)})
+        w = Weights.open(str(path))
+        assert w.info("edge") == ("float32", tuple(shape))
+        assert w.array("edge").shape == tuple(shape)
 
 
 @pytest.mark.parametrize(

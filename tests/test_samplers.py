@@ -237,6 +237,25 @@ def test_alphas_cumprod_bitwise():
         np.testing.assert_array_equal(_C.Sampler("ddim", 10, config).alphas_cumprod, ref)
 
 
+def test_scheduler_config_parsed_once():
+    """A SchedulerConfig is the dict parsed and checked once (the pipeline makes one when
+    it loads a model): samplers made from it match diffusers as those from the dict do,
+    and a bad field is named when it is made."""
+    rng = np.random.default_rng()
+    betas = np.sort(rng.uniform(1e-4, 0.03, 1000)).astype(np.float32)
+    config = {**SD15_CONFIG, "trained_betas": betas.tolist(), "timestep_spacing": "trailing"}
+    parsed = _C.SchedulerConfig(config)
+    from_dict = _C.Sampler("dpmpp_2m_karras", 15, dict(config))
+    del config["trained_betas"]  # the parsed betas do not borrow the list
+    s = _C.Sampler("dpmpp_2m_karras", 15, parsed)
+    ref = DPMSolverMultistepScheduler.from_config({**config, "trained_betas": betas.tolist()})
+    np.testing.assert_array_equal(s.alphas_cumprod, ref.alphas_cumprod.numpy())
+    for name in ("alphas_cumprod", "timesteps", "sigmas"):
+        np.testing.assert_array_equal(getattr(s, name), getattr(from_dict, name), err_msg=name)
+    with pytest.raises(ValueError, match="beta_schedule"):
+        _C.SchedulerConfig({"beta_schedule": "squaredcos_cap_v2"})
+
+
 def test_pndm_model_calls():
     # skip_prk_steps repeats one timestep: n + 1 model calls, except 1 for n = 1
     assert _C.Sampler("pndm", 1).num_steps == 1

@@ -45,10 +45,20 @@ def test_defaults():
     assert cfg.metrics_port == 0 and cfg.max_concurrent_rpcs is None
 
 
-def test_environment_is_read(tmp_path):
+def make_tls_pair(tmp_path):
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    cert.write_text("x")
-    key.write_text("y")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+        + ["-nodes", "-days", "1", "-subj", "/CN=localhost"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_environment_is_read(tmp_path):
+    cert, key = make_tls_pair(tmp_path)
     env = {
         "GRPC_PORT": "6000",
         "GRPC_MAX_WORKERS": "3",
@@ -79,11 +89,11 @@ def test_flags_win_over_environment():
         "GRPC_API_KEY": "env",
         "GRPC_REQUIRE_API_KEY": "true",
     }
-    cfg = parse(
-        ["--port", "7000", "--reflection", "--api-key", "flag", "--no-require-api-key"], env
-    )
+    cfg = parse(["--port", "7000", "--reflection", "--api-key", "flag"], env)
     assert cfg.port == 7000 and cfg.enable_reflection and cfg.api_key == "flag"
-    assert not cfg.require_api_key
+    assert cfg.require_api_key
+    cfg = parse(["--no-require-api-key"], {"GRPC_REQUIRE_API_KEY": "true"})
+    assert not cfg.require_api_key and cfg.api_key is None
 
 
 @pytest.mark.parametrize(
@@ -110,11 +120,66 @@ def test_flags_win_over_environment():
         ({}, ["--max-batch-size", "0"], "--max-batch-size"),
         ({}, ["--metrics-port", "50051"], "--metrics-port"),
         ({}, ["--device", "tpu"], "--device"),
+        # gRPC's limits are signed 32-bit: 2^31 used to end in an OverflowError traceback
+        ({"GRPC_MAX_MESSAGE_SIZE": str(2**31)}, [], "GRPC_MAX_MESSAGE_SIZE"),
+        # too small for any image: every Generate used to do its work and fail on sending
+        ({"GRPC_MAX_MESSAGE_SIZE": "1024"}, [], "GRPC_MAX_MESSAGE_SIZE"),
+        # a key with checking turned off would accept anyone
+        ({"GRPC_API_KEY": "k"}, ["--no-require-api-key"], "accept any caller"),
+        ({"GRPC_API_KEY": "k", "GRPC_REQUIRE_API_KEY": "false"}, [], "drop one of the two"),
+        ({"SDCORE_MAX_REQUEST_COST": "0"}, [], "SDCORE_MAX_REQUEST_COST"),
+        ({"SDCORE_MAX_REQUEST_COST": "nan"}, [], "SDCORE_MAX_REQUEST_COST"),
+        ({}, ["--max-request-cost", "10", "--max-queue-cost", "5"], "--max-queue-cost"),
+        ({"SDCORE_GRACE_PERIOD": "soon"}, [], "SDCORE_GRACE_PERIOD: 'soon' is not a number"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(env, argv, message):
     with pytest.raises(config.ConfigError, match=message.replace("(", r"\(")):
         parse(argv, env)
+
+
+def test_a_key_alone_turns_checking_on():
+    # an API key without GRPC_REQUIRE_API_KEY used to leave every RPC open
+    cfg = parse([], {"GRPC_API_KEY": "k"})
+    assert cfg.require_api_key and cfg.api_key == "k"
+    assert not parse([], {}).require_api_key
+
+
+def test_metrics_bind_the_host_asked_for():
+    assert parse(["--host", "127.0.0.1"], {}).metrics_host == "127.0.0.1"
+    assert parse(["--host", "127.0.0.1", "--metrics-host", "0.0.0.0"], {}).metrics_host == (
+        "0.0.0.0"
+    )
+
+
+def test_cost_budget_defaults_follow_the_device():
+    cpu, gpu = parse([], {}), parse(["--device", "cuda"], {})
+    assert cpu.max_request_cost == config.DEFAULT_MAX_REQUEST_COST["cpu"]
+    assert gpu.max_request_cost == config.DEFAULT_MAX_REQUEST_COST["cuda"]
+    assert cpu.max_queue_cost == config.DEFAULT_QUEUE_COST_REQUESTS * cpu.max_request_cost
+    env = {"SDCORE_MAX_REQUEST_COST": "2.5", "SDCORE_MAX_QUEUE_COST": "7"}
+    cfg = parse([], env)
+    assert (cfg.max_request_cost, cfg.max_queue_cost) == (2.5, 7.0)
+
+
+def test_bad_tls_files_are_a_clear_error(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    key.write_text("not a key")
+    env = {"GRPC_USE_TLS": "1", "GRPC_CERT_FILE": str(cert), "GRPC_KEY_FILE": str(key)}
+    with pytest.raises(config.ConfigError, match="TLS: cannot use cert file"):
+        parse([], env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service"],
+        env=dict(os.environ, **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "TLS: cannot use cert file" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_bad_environment_stops_the_process_at_start():
@@ -154,7 +219,7 @@ def test_generated_stubs_are_current():
 
 
 def start_process(*argv, env=None):
-    env = dict(os.environ, DOUBLE_STEP_SECONDS="0.02", **(env or {}))
+    env = {**os.environ, "DOUBLE_STEP_SECONDS": "0.02", **(env or {})}
     proc = subprocess.Popen(
         [
             sys.executable,

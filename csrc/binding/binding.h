@@ -50,6 +50,11 @@ int sd_weights_type_init(PyObject *module);
 sd_weights *sd_weights_from_py(PyObject *obj, const char *op, const char *arg);
 /* Wrap (and take ownership of) w; keepalive is referenced for as long as it lives. */
 PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive);
+/* A model's tensor declarations (models/tensors.h) as a list of (name, shape tuple,
+ * required) for Python; takes the list and frees it. NULL with an exception set when
+ * status is not SD_OK (the status's message) or on failure. */
+struct sd_tensor_decls_s;
+PyObject *sd_decls_to_py(sd_status status, struct sd_tensor_decls_s *decls);
 
 /* sdcore._C.Sampler (sampler.c) */
 int sd_sampler_type_init(PyObject *module);
@@ -59,8 +64,9 @@ struct sd_vae;
 struct sd_vae *sd_vae_from_py(PyObject *obj, PyThread_type_lock *lock, const sd_backend **be);
 /* sdcore._C.ClipTextModel (clip.c) */
 int sd_clip_type_init(PyObject *module);
-/* A scheduler config dict -> cfg (sampler.c); betas_out holds trained_betas, if any,
- * for as long as cfg is used. -1 with ValueError naming the key. */
+/* A scheduler config dict, or a SchedulerConfig parsed from one, -> cfg (sampler.c);
+ * betas_out holds trained_betas, if any, for as long as cfg is used. -1 with ValueError
+ * naming the key. */
 #include "sampling/sampler.h"
 int sd_sampler_config_from_py(PyObject *dict, int kind, sd_sampler_config *cfg,
                               PyObject **betas_out);
@@ -80,5 +86,8 @@ extern PyMethodDef sd_image_methods[];
 extern PyMethodDef sd_sampler_methods[];
 extern PyMethodDef sd_rng_methods[];
 extern PyMethodDef sd_txt2img_methods[];
+extern PyMethodDef sd_unet_methods[];
+extern PyMethodDef sd_vae_methods[];
+extern PyMethodDef sd_clip_methods[];
 
 #endif

@@ -143,6 +143,33 @@ static PyType_Spec clip_spec = {
     .slots = clip_slots,
 };
 
+/* clip_tensors(vocab_size, ..., max_position_embeddings) -> [(name, shape, required)]:
+ * every tensor the text encoder of this config reads (sd_clip_tensors) */
+static PyObject *py_clip_tensors(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"vocab_size", "hidden_size", "intermediate_size",
+                             "num_hidden_layers", "num_attention_heads",
+                             "max_position_embeddings", NULL};
+    /* norm eps and activation shape no tensor: fixed to valid values */
+    sd_clip_config cfg = {.layer_norm_eps = 1e-5f, .quick_gelu = 1};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiii:clip_tensors", kwlist, &cfg.vocab_size,
+                                     &cfg.hidden_size, &cfg.intermediate_size,
+                                     &cfg.num_hidden_layers, &cfg.num_attention_heads,
+                                     &cfg.max_position_embeddings))
+        return NULL;
+    sd_tensor_decls d;
+    sd_decls_init(&d);
+    return sd_decls_to_py(sd_clip_tensors(&cfg, &d), &d);
+}
+
+PyMethodDef sd_clip_methods[] = {
+    {"clip_tensors", (PyCFunction)(void (*)(void))py_clip_tensors, METH_VARARGS | METH_KEYWORDS,
+     "clip_tensors(vocab_size, hidden_size, intermediate_size, num_hidden_layers, "
+     "num_attention_heads, max_position_embeddings) -> [(name, shape, required)]: every "
+     "tensor of the CLIPTextModel with this config (transformers 4 names, text_model.*)"},
+    {NULL, NULL, 0, NULL},
+};
+
 int sd_clip_type_init(PyObject *module) {
     clip_type = PyType_FromModuleAndSpec(module, &clip_spec, NULL);
     if (!clip_type)

@@ -87,6 +87,9 @@ static PyMethodDef *method_tables[] = {
     sd_sampler_methods,
     sd_rng_methods,
     sd_txt2img_methods,
+    sd_unet_methods,
+    sd_vae_methods,
+    sd_clip_methods,
     NULL,
 };
 

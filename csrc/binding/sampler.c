@@ -157,14 +157,46 @@ static int is_unset_default(PyObject *dict, const char *key) {
     return 0;
 }
 
+/* sdcore._C.SchedulerConfig(dict): a scheduler config parsed once, when a model is
+ * loaded, then given to every txt2img call (or Sampler) in place of the dict. A key the dict
+ * leaves out means what it means to each sampler's diffusers class, so the dict is parsed
+ * once per sampler kind; a kind the config does not fit (pndm under skip_prk_steps false)
+ * keeps its error for the call that asks for it. */
+typedef struct {
+    PyObject_HEAD
+    sd_sampler_config cfg[SD_SAMPLER_COUNT];
+    PyObject *betas[SD_SAMPLER_COUNT]; /* the float32 arrays cfg[k].trained_betas point into */
+    PyObject *error[SD_SAMPLER_COUNT]; /* the ValueError message for kind k, or NULL */
+} SchedulerConfigObject;
+
+static PyObject *scheduler_config_type;
+
 /* Fill cfg for a sampler of `kind` from a dict; betas_out receives a float32 array holding
  * trained_betas when the dict has them (the caller releases it once the sampler is
  * created). None gives SD 1.5's config. A dict starts from the defaults of the diffusers
  * class that `kind` mirrors, as from_config does, so a key left out means what it means to
  * that class (DDIMScheduler without clip_sample clips); keys that class does not have are
  * ignored, as from_config ignores them (Euler under a DDIM config with clip_sample). */
-int sd_sampler_config_from_py(PyObject *dict, int kind, sd_sampler_config *cfg,
+static int config_from_dict(PyObject *dict, int kind, sd_sampler_config *cfg,
+                            PyObject **betas_out);
+
+int sd_sampler_config_from_py(PyObject *obj, int kind, sd_sampler_config *cfg,
                               PyObject **betas_out) {
+    if (scheduler_config_type && PyObject_TypeCheck(obj, (PyTypeObject *)scheduler_config_type)) {
+        SchedulerConfigObject *parsed = (SchedulerConfigObject *)obj;
+        if (parsed->error[kind]) {
+            PyErr_SetObject(PyExc_ValueError, parsed->error[kind]);
+            return -1;
+        }
+        *cfg = parsed->cfg[kind];
+        *betas_out = Py_XNewRef(parsed->betas[kind]);
+        return 0;
+    }
+    return config_from_dict(obj, kind, cfg, betas_out);
+}
+
+static int config_from_dict(PyObject *dict, int kind, sd_sampler_config *cfg,
+                            PyObject **betas_out) {
     static const char *const schedules[] = {"scaled_linear", "linear", NULL};
     static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
     static const char *const spacings[] = {"leading", "linspace", "trailing", NULL};
@@ -573,11 +605,79 @@ static PyType_Spec sampler_spec = {
     .slots = sampler_slots,
 };
 
+static void scheduler_config_clear(SchedulerConfigObject *self) {
+    for (int k = 0; k < SD_SAMPLER_COUNT; k++) {
+        Py_CLEAR(self->betas[k]);
+        Py_CLEAR(self->error[k]);
+    }
+}
+
+static PyObject *scheduler_config_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"config", NULL};
+    PyObject *dict = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:SchedulerConfig", kwlist, &dict))
+        return NULL;
+    SchedulerConfigObject *self = (SchedulerConfigObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    int usable = 0;
+    for (int k = 0; k < SD_SAMPLER_COUNT; k++) {
+        if (config_from_dict(dict, k, &self->cfg[k], &self->betas[k]) == 0) {
+            usable++;
+            continue;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            goto fail; /* not a config problem (a TypeError, no memory) */
+        PyObject *type_, *value, *tb;
+        PyErr_Fetch(&type_, &value, &tb);
+        self->error[k] = value ? PyObject_Str(value) : PyUnicode_FromString("sampler config");
+        Py_XDECREF(type_);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (!self->error[k])
+            goto fail;
+    }
+    if (!usable) { /* wrong for every sampler: say so at load */
+        PyErr_SetObject(PyExc_ValueError, self->error[0]);
+        goto fail;
+    }
+    return (PyObject *)self;
+fail:
+    scheduler_config_clear(self);
+    Py_DECREF(self);
+    return NULL;
+}
+
+static void scheduler_config_dealloc(SchedulerConfigObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    scheduler_config_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot scheduler_config_slots[] = {
+    {Py_tp_new, scheduler_config_new},
+    {Py_tp_dealloc, scheduler_config_dealloc},
+    {Py_tp_doc, "SchedulerConfig(config=None): a scheduler config dict (SD 1.5's when None) "
+                "parsed and checked once; txt2img and Sampler take it in place of the dict."},
+    {0, NULL},
+};
+
+static PyType_Spec scheduler_config_spec = {
+    .name = "sdcore._C.SchedulerConfig",
+    .basicsize = sizeof(SchedulerConfigObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = scheduler_config_slots,
+};
+
 int sd_sampler_type_init(PyObject *module) {
     sd_sampler_type = PyType_FromModuleAndSpec(module, &sampler_spec, NULL);
-    if (!sd_sampler_type)
+    if (!sd_sampler_type || PyModule_AddObjectRef(module, "Sampler", sd_sampler_type) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Sampler", sd_sampler_type);
+    scheduler_config_type = PyType_FromModuleAndSpec(module, &scheduler_config_spec, NULL);
+    if (!scheduler_config_type)
+        return -1;
+    return PyModule_AddObjectRef(module, "SchedulerConfig", scheduler_config_type);
 }
 
 static PyObject *sampler_names(PyObject *self, PyObject *noargs) {

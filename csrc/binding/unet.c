@@ -577,6 +577,26 @@ static PyType_Spec unet_spec = {
     .slots = unet_slots,
 };
 
+/* unet_tensors(config) -> [(name, shape, required)]: every tensor the UNet of this config
+ * reads (sd_unet_tensors), for checking a checkpoint before building the model */
+static PyObject *py_unet_tensors(PyObject *self, PyObject *config) {
+    (void)self;
+    sd_unet_config cfg;
+    if (config_from_dict(config, &cfg) < 0)
+        return NULL;
+    sd_tensor_decls d;
+    sd_decls_init(&d);
+    return sd_decls_to_py(sd_unet_tensors(&cfg, &d), &d);
+}
+
+PyMethodDef sd_unet_methods[] = {
+    {"unet_tensors", py_unet_tensors, METH_O,
+     "unet_tensors(config: dict) -> [(name, shape, required)]: every tensor of the "
+     "UNet2DConditionModel with this config, under its diffusers name; required False for "
+     "the attentions' q/k/v biases, used when present"},
+    {NULL, NULL, 0, NULL},
+};
+
 int sd_unet_type_init(PyObject *module) {
     PyObject *type = PyType_FromModuleAndSpec(module, &unet_spec, NULL);
     if (!type)

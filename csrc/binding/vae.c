@@ -28,6 +28,29 @@ sd_vae *sd_vae_from_py(PyObject *obj, PyThread_type_lock *lock, const sd_backend
     return v->model;
 }
 
+/* block_out_channels: a tuple of 1 to SD_VAE_MAX_BLOCKS channel counts */
+static int parse_blocks(PyObject *blocks, sd_vae_config *cfg) {
+    if (!PyTuple_Check(blocks) || PyTuple_Size(blocks) < 1 ||
+        PyTuple_Size(blocks) > SD_VAE_MAX_BLOCKS) {
+        PyErr_Format(PyExc_ValueError, "VAE: block_out_channels must be a tuple of 1 to %d ints",
+                     SD_VAE_MAX_BLOCKS);
+        return -1;
+    }
+    cfg->num_blocks = (int)PyTuple_Size(blocks);
+    for (int i = 0; i < cfg->num_blocks; i++) {
+        long c = PyLong_AsLong(PyTuple_GET_ITEM(blocks, i));
+        if (c == -1 && PyErr_Occurred())
+            return -1;
+        if (c < 1 || c > (1 << 20)) { /* checked before the cast to int can wrap */
+            PyErr_Format(PyExc_ValueError, "VAE: block_out_channels[%d] must be in 1..%d, got %ld",
+                         i, 1 << 20, c);
+            return -1;
+        }
+        cfg->block_out_channels[i] = (int)c;
+    }
+    return 0;
+}
+
 static PyObject *vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"weights", "in_channels", "out_channels", "latent_channels",
                              "block_out_channels", "layers_per_block", "norm_num_groups",
@@ -41,26 +64,8 @@ static PyObject *vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
                                      &cfg.in_channels, &cfg.out_channels, &cfg.latent_channels,
                                      &blocks, &cfg.layers_per_block, &cfg.norm_num_groups,
                                      &cfg.mid_attention, &with_encoder, &device, &dtype) ||
-        sd_dtype_from_name(dtype, "VAE", &act) < 0)
+        sd_dtype_from_name(dtype, "VAE", &act) < 0 || parse_blocks(blocks, &cfg) < 0)
         return NULL;
-    if (!PyTuple_Check(blocks) || PyTuple_Size(blocks) < 1 ||
-        PyTuple_Size(blocks) > SD_VAE_MAX_BLOCKS) {
-        PyErr_Format(PyExc_ValueError, "VAE: block_out_channels must be a tuple of 1 to %d ints",
-                     SD_VAE_MAX_BLOCKS);
-        return NULL;
-    }
-    cfg.num_blocks = (int)PyTuple_Size(blocks);
-    for (int i = 0; i < cfg.num_blocks; i++) {
-        long c = PyLong_AsLong(PyTuple_GET_ITEM(blocks, i));
-        if (c == -1 && PyErr_Occurred())
-            return NULL;
-        if (c < 1 || c > (1 << 20)) { /* checked before the cast to int can wrap */
-            PyErr_Format(PyExc_ValueError, "VAE: block_out_channels[%d] must be in 1..%d, got %ld",
-                         i, 1 << 20, c);
-            return NULL;
-        }
-        cfg.block_out_channels[i] = (int)c;
-    }
     sd_weights *w = sd_weights_from_py(weights_obj, "VAE", "weights");
     if (!w)
         return NULL;
@@ -212,6 +217,35 @@ static PyType_Spec vae_spec = {
     .basicsize = sizeof(VAEObject),
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = vae_slots,
+};
+
+/* vae_tensors(in_channels, ..., mid_attention, with_encoder=True) -> [(name, shape,
+ * required)]: every tensor the VAE of this config reads (sd_vae_tensors) */
+static PyObject *py_vae_tensors(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"in_channels", "out_channels", "latent_channels",
+                             "block_out_channels", "layers_per_block", "norm_num_groups",
+                             "mid_attention", "with_encoder", NULL};
+    PyObject *blocks;
+    sd_vae_config cfg = {0};
+    int with_encoder = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiOiip|p:vae_tensors", kwlist,
+                                     &cfg.in_channels, &cfg.out_channels, &cfg.latent_channels,
+                                     &blocks, &cfg.layers_per_block, &cfg.norm_num_groups,
+                                     &cfg.mid_attention, &with_encoder) ||
+        parse_blocks(blocks, &cfg) < 0)
+        return NULL;
+    sd_tensor_decls d;
+    sd_decls_init(&d);
+    return sd_decls_to_py(sd_vae_tensors(&cfg, with_encoder, &d), &d);
+}
+
+PyMethodDef sd_vae_methods[] = {
+    {"vae_tensors", (PyCFunction)(void (*)(void))py_vae_tensors, METH_VARARGS | METH_KEYWORDS,
+     "vae_tensors(in_channels, out_channels, latent_channels, block_out_channels, "
+     "layers_per_block, norm_num_groups, mid_attention, with_encoder=True) -> "
+     "[(name, shape, required)]: every tensor of the AutoencoderKL with this config"},
+    {NULL, NULL, 0, NULL},
 };
 
 int sd_vae_type_init(PyObject *module) {

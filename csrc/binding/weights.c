@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "io/safetensors.h"
+#include "models/tensors.h"
 
 typedef struct {
     PyObject_HEAD
@@ -41,6 +42,33 @@ static PyObject *weights_wrap(PyTypeObject *type, sd_weights *w, PyObject *keepa
 
 PyObject *sd_weights_to_py(sd_weights *w, PyObject *keepalive) {
     return weights_wrap((PyTypeObject *)sd_weights_type, w, keepalive);
+}
+
+PyObject *sd_decls_to_py(sd_status status, sd_tensor_decls *d) {
+    PyObject *list = status == SD_OK ? PyList_New(d->count) : NULL;
+    for (int i = 0; list && i < d->count; i++) {
+        const sd_tensor_decl *t = &d->items[i];
+        PyObject *shape = PyTuple_New(t->ndim);
+        for (int k = 0; shape && k < t->ndim; k++) {
+            PyObject *dim = PyLong_FromLongLong(t->shape[k]);
+            if (!dim)
+                Py_CLEAR(shape);
+            else
+                PyTuple_SET_ITEM(shape, k, dim);
+        }
+        PyObject *item = shape ? Py_BuildValue("(sOO)", t->name, shape,
+                                               t->flags & SD_DECL_OPTIONAL ? Py_False : Py_True)
+                               : NULL;
+        Py_XDECREF(shape);
+        if (!item)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, item);
+    }
+    sd_decls_free(d);
+    if (status != SD_OK)
+        return sd_raise(status);
+    return list;
 }
 
 static void weights_dealloc(WeightsObject *self) {

@@ -118,7 +118,8 @@ static int by_name(const void *a, const void *b) {
 }
 
 sd_status sd_weights_seal(sd_weights *w) {
-    qsort(w->items, (size_t)w->count, sizeof(named_tensor), by_name);
+    if (w->count > 1) /* an empty set has no items array, and qsort's may not be NULL */
+        qsort(w->items, (size_t)w->count, sizeof(named_tensor), by_name);
     for (int64_t i = 1; i < w->count; i++)
         if (strcmp(w->items[i - 1].name, w->items[i].name) == 0)
             return sd_fail(SD_ERR_FORMAT, "tensor '%s' appears twice", w->items[i].name);

@@ -1,6 +1,7 @@
 /* Strict JSON parsing of untrusted headers (see json.h for what is accepted). */
 #include "io/json.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,7 @@ typedef struct {
     size_t len, pos;
     const char *source;
     size_t values; /* parsed so far, against SD_JSON_MAX_VALUES */
+    int allow_numbers;
 } parser;
 
 static sd_status parse_error(const parser *p, const char *what) {
@@ -225,6 +227,62 @@ static sd_status parse_integer(parser *p, int64_t *out) {
     return SD_OK;
 }
 
+/* Any JSON number (and Python's Infinity, -Infinity, NaN) as a double: the cursor is on
+ * its first character. Integers that parse_integer takes are left to it. */
+static sd_status parse_number(parser *p, sd_json *out) {
+    static const char *const words[] = {"Infinity", "-Infinity", "NaN"};
+    static const double values[] = {INFINITY, -INFINITY, NAN};
+    for (int k = 0; k < 3; k++)
+        if (take_word(p, words[k])) {
+            out->kind = SD_JSON_NUMBER;
+            out->u.number = values[k];
+            return SD_OK;
+        }
+    size_t start = p->pos, end = start;
+    if (end < p->len && p->text[end] == '-')
+        end++;
+    size_t digits = end;
+    while (end < p->len && p->text[end] >= '0' && p->text[end] <= '9')
+        end++;
+    if (end == digits)
+        return parse_error(p, "expected a value");
+    if (end - digits > 1 && p->text[digits] == '0')
+        return parse_error(p, "number with a leading zero");
+    int plain = p->text[start] != '-';
+    if (end < p->len && p->text[end] == '.') {
+        plain = 0;
+        size_t frac = ++end;
+        while (end < p->len && p->text[end] >= '0' && p->text[end] <= '9')
+            end++;
+        if (end == frac)
+            return parse_error(p, "a fraction needs digits");
+    }
+    if (end < p->len && (p->text[end] == 'e' || p->text[end] == 'E')) {
+        plain = 0;
+        end++;
+        if (end < p->len && (p->text[end] == '+' || p->text[end] == '-'))
+            end++;
+        size_t exp = end;
+        while (end < p->len && p->text[end] >= '0' && p->text[end] <= '9')
+            end++;
+        if (end == exp)
+            return parse_error(p, "an exponent needs digits");
+    }
+    if (plain) {
+        out->kind = SD_JSON_INT;
+        return parse_integer(p, &out->u.integer);
+    }
+    char buf[64];
+    if (end - start >= sizeof buf)
+        return parse_error(p, "number too long");
+    memcpy(buf, p->text + start, end - start);
+    buf[end - start] = '\0';
+    out->kind = SD_JSON_NUMBER;
+    out->u.number = strtod(buf, NULL);
+    p->pos = end;
+    return SD_OK;
+}
+
 static sd_status parse_value(parser *p, int depth, sd_json *out);
 
 /* Grow a dynamic array of `elem`-sized items to hold one more. */
@@ -391,13 +449,20 @@ static sd_status parse_value(parser *p, int depth, sd_json *out) {
             return SD_OK;
         return parse_error(p, "unknown literal");
     default:
+        if (p->allow_numbers)
+            return parse_number(p, out);
         out->kind = SD_JSON_INT;
         return parse_integer(p, &out->u.integer);
     }
 }
 
 sd_status sd_json_parse(const char *text, size_t len, const char *source, sd_json *out) {
-    parser p = {(const unsigned char *)text, len, 0, source, 0};
+    return sd_json_parse_ex(text, len, source, NULL, out);
+}
+
+sd_status sd_json_parse_ex(const char *text, size_t len, const char *source,
+                           const sd_json_options *options, sd_json *out) {
+    parser p = {(const unsigned char *)text, len, 0, source, 0, options && options->allow_numbers};
     sd_status s = parse_value(&p, 0, out);
     if (s != SD_OK)
         return s;
@@ -446,6 +511,7 @@ const char *sd_json_kind_name(sd_json_kind kind) {
     case SD_JSON_STRING: return "a string";
     case SD_JSON_ARRAY: return "an array";
     case SD_JSON_OBJECT: return "an object";
+    case SD_JSON_NUMBER: return "a number";
     }
     return "unknown";
 }

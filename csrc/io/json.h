@@ -25,6 +25,7 @@ typedef enum {
     SD_JSON_STRING,
     SD_JSON_ARRAY,
     SD_JSON_OBJECT,
+    SD_JSON_NUMBER, /* any other number; only with sd_json_options.allow_numbers */
 } sd_json_kind;
 
 typedef struct sd_json sd_json;
@@ -35,6 +36,7 @@ struct sd_json {
     union {
         int boolean;
         int64_t integer;
+        double number;
         struct {
             char *data; /* decoded UTF-8, NUL-terminated */
             size_t len;
@@ -59,6 +61,16 @@ struct sd_json_member {
  * On failure *out needs no freeing. */
 sd_status sd_json_parse(const char *text, size_t len, const char *source, sd_json *out);
 void sd_json_free(sd_json *value);
+
+/* For trusted-format documents such as a model's config.json. allow_numbers: fractions,
+ * exponents, negative numbers and Python's Infinity, -Infinity and NaN are read as
+ * SD_JSON_NUMBER (a double, as strtod rounds it, which is what Python's json gives);
+ * non-negative integers stay SD_JSON_INT. Every other check is the same. */
+typedef struct {
+    int allow_numbers;
+} sd_json_options;
+sd_status sd_json_parse_ex(const char *text, size_t len, const char *source,
+                           const sd_json_options *options, sd_json *out);
 /* The member `key` of an object, or NULL. */
 const sd_json *sd_json_get(const sd_json *object, const char *key);
 /* "an integer", "a string", ... for messages */

@@ -44,6 +44,7 @@ typedef struct {
     int ndim;
     int64_t shape[SD_MAX_DIMS];
     uint64_t begin, end; /* within the data area */
+    int keep;            /* becomes a tensor (not an unsupported dtype being skipped) */
 } entry;
 
 typedef struct {
@@ -71,11 +72,10 @@ static sd_status get_offsets(const reader *r, const char *name, const sd_json *o
     return SD_OK;
 }
 
-/* Check one tensor's header entry. *keep says whether it becomes a tensor (it does
+/* Check one tensor's header entry. e->keep says whether it becomes a tensor (it does
  * not when its dtype is unsupported and the caller asked to skip those). */
-static sd_status check_entry(const reader *r, const char *name, const sd_json *value, entry *e,
-                             int *keep) {
-    *keep = 0;
+static sd_status check_entry(const reader *r, const char *name, const sd_json *value, entry *e) {
+    e->keep = 0;
     if (value->kind != SD_JSON_OBJECT)
         return sd_fail(SD_ERR_FORMAT, "%s: tensor '%s': header entry is %s, expected an object",
                        r->path, name, sd_json_kind_name(value->kind));
@@ -107,57 +107,88 @@ static sd_status check_entry(const reader *r, const char *name, const sd_json *v
     if (supported && ndim > SD_MAX_DIMS)
         return sd_fail(SD_ERR_FORMAT, "%s: tensor '%s' has %zu dims; at most %d are supported",
                        r->path, name, ndim, SD_MAX_DIMS);
-    /* count bits, not elements: sub-byte dtypes, and an overflow anywhere is an error */
-    uint64_t bits = e->dtype->bits;
+    /* The span counts a zero dim as 1, so that a dim too large to index is refused even
+     * where another dim is 0 (the element count alone would be 0 whatever follows). */
+    uint64_t numel = 1, span = 1;
     for (size_t i = 0; i < ndim; i++) {
         const sd_json *dim = &shape->u.array.items[i];
         if (dim->kind != SD_JSON_INT)
             return sd_fail(SD_ERR_FORMAT,
                            "%s: tensor '%s': 'shape' must be an array of integers", r->path,
                            name);
-        if (__builtin_mul_overflow(bits, (uint64_t)dim->u.integer, &bits))
-            return sd_fail(SD_ERR_FORMAT, "%s: tensor '%s': shape is too large", r->path, name);
+        uint64_t d = (uint64_t)dim->u.integer;
+        if (__builtin_mul_overflow(span, d ? d : 1, &span) || span > SD_SAFETENSORS_MAX_SPAN)
+            return sd_fail(SD_ERR_FORMAT,
+                           "%s: tensor '%s': shape is too large: dim %zu (%llu) takes its dims' "
+                           "product (a zero dim counted as 1) past %lld elements",
+                           r->path, name, i, (unsigned long long)d,
+                           (long long)SD_SAFETENSORS_MAX_SPAN);
+        numel *= d; /* numel <= span: no overflow */
         if (i < SD_MAX_DIMS)
             e->shape[i] = dim->u.integer;
     }
     e->ndim = (int)(ndim < SD_MAX_DIMS ? ndim : SD_MAX_DIMS);
     SD_TRY(get_offsets(r, name, sd_json_get(value, "data_offsets"), &e->begin, &e->end));
-    if (bits % 8 != 0 || bits / 8 != e->end - e->begin)
+    /* numel <= SD_SAFETENSORS_MAX_SPAN: neither product below overflows. Sub-byte dtypes
+     * pack several elements in a byte and must fill whole bytes. */
+    unsigned dtype_bits = e->dtype->bits;
+    uint64_t bits = dtype_bits % 8 ? numel * dtype_bits : 0;
+    uint64_t nbytes = dtype_bits % 8 ? bits / 8 : numel * (dtype_bits / 8);
+    if (bits % 8 != 0 || nbytes != e->end - e->begin)
         return sd_fail(SD_ERR_FORMAT,
                        "%s: tensor '%s' (%s, %zu dims) needs %llu%s bytes but data_offsets "
                        "[%llu, %llu] hold %llu",
-                       r->path, name, e->dtype->name, ndim, (unsigned long long)(bits / 8),
+                       r->path, name, e->dtype->name, ndim, (unsigned long long)nbytes,
                        bits % 8 ? " and a fraction of" : "", (unsigned long long)e->begin,
                        (unsigned long long)e->end, (unsigned long long)(e->end - e->begin));
-    *keep = supported;
+    e->keep = supported;
     return SD_OK;
 }
 
-static int by_begin(const void *a, const void *b) {
+static int by_range(const void *a, const void *b) {
     const entry *x = a, *y = b;
     if (x->begin != y->begin)
         return x->begin < y->begin ? -1 : 1;
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
-/* Sorted by begin, a range overlaps an earlier one exactly when it starts before the
- * furthest end seen so far. Empty ranges hold no bytes and overlap nothing. */
-static sd_status check_overlaps(const reader *r, entry *entries, size_t n) {
-    qsort(entries, n, sizeof(entry), by_begin);
-    const entry *furthest = NULL;
+/* The ranges must tile the data area: sorted by (begin, end), each starts where the one
+ * before it ended, the first at 0, and the last ends at the end of the data area. Bytes
+ * that no tensor covers would let a file carry a second payload unseen (a polyglot), so
+ * the format forbids them. An empty tensor sits at a boundary between two others. */
+static sd_status check_layout(const reader *r, entry *entries, size_t n) {
+    qsort(entries, n, sizeof(entry), by_range);
+    const entry *prev = NULL;
+    uint64_t pos = 0; /* where the next range must start */
     for (size_t i = 0; i < n; i++) {
         const entry *e = &entries[i];
-        if (e->begin == e->end)
-            continue;
-        if (furthest && e->begin < furthest->end)
+        if (e->begin < pos)
             return sd_fail(SD_ERR_FORMAT,
                            "%s: tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] overlap in the "
                            "data area",
-                           r->path, furthest->name, (unsigned long long)furthest->begin,
-                           (unsigned long long)furthest->end, e->name,
-                           (unsigned long long)e->begin, (unsigned long long)e->end);
-        if (!furthest || e->end > furthest->end)
-            furthest = e;
+                           r->path, prev->name, (unsigned long long)prev->begin,
+                           (unsigned long long)prev->end, e->name, (unsigned long long)e->begin,
+                           (unsigned long long)e->end);
+        if (e->begin > pos)
+            return sd_fail(SD_ERR_FORMAT,
+                           "%s: bytes [%llu, %llu) of the data area, before tensor '%s', belong "
+                           "to no tensor; a safetensors file has no unused bytes",
+                           r->path, (unsigned long long)pos, (unsigned long long)e->begin,
+                           e->name);
+        pos = e->end;
+        prev = e;
+    }
+    if (pos != r->data_size) {
+        if (prev)
+            return sd_fail(SD_ERR_FORMAT,
+                           "%s: bytes [%llu, %llu) of the data area, after the last tensor '%s', "
+                           "belong to no tensor; a safetensors file has no unused bytes",
+                           r->path, (unsigned long long)pos, (unsigned long long)r->data_size,
+                           prev->name);
+        return sd_fail(SD_ERR_FORMAT,
+                       "%s: the data area has %llu bytes but the header names no tensor; a "
+                       "safetensors file has no unused bytes",
+                       r->path, (unsigned long long)r->data_size);
     }
     return SD_OK;
 }
@@ -205,7 +236,7 @@ static sd_status read_header(const reader *r, const sd_json *header,
     if (header->kind != SD_JSON_OBJECT)
         return sd_fail(SD_ERR_FORMAT, "%s: the header is %s, expected an object", r->path,
                        sd_json_kind_name(header->kind));
-    size_t n = header->u.object.count, kept = 0;
+    size_t n = header->u.object.count, count = 0;
     entry *entries = calloc(n ? n : 1, sizeof(entry));
     if (!entries)
         return sd_fail(SD_ERR_NOMEM, "%s: cannot allocate %zu header entries", r->path, n);
@@ -217,15 +248,16 @@ static sd_status read_header(const reader *r, const sd_json *header,
             meta = &m->value;
             continue;
         }
-        int keep;
-        s = check_entry(r, m->key, &m->value, &entries[kept], &keep);
-        kept += keep;
+        s = check_entry(r, m->key, &m->value, &entries[count++]);
     }
+    /* skipped tensors take part: their bytes are covered, not unused */
     if (s == SD_OK)
-        s = check_overlaps(r, entries, kept);
+        s = check_layout(r, entries, count);
     if (s == SD_OK && meta)
         s = add_metadata(r, meta, w);
-    for (size_t i = 0; i < kept && s == SD_OK; i++) {
+    for (size_t i = 0; i < count && s == SD_OK; i++) {
+        if (!entries[i].keep)
+            continue;
         sd_tensor t;
         s = make_tensor(r, &entries[i], data_area, w, &t);
         if (s == SD_OK)

@@ -6,7 +6,9 @@
  *
  * Every file is untrusted: the header length, the JSON, every dtype, shape and range
  * are checked before a tensor is made, and a bad file gives SD_ERR_FORMAT with a
- * message naming the file and the tensor. The tensors point into a read-only private
+ * message naming the file and the tensor. As the format requires (and the reference
+ * `safetensors` library checks), the tensors' ranges tile the data area exactly: no
+ * overlap, no hole between two tensors, no bytes after the last one. The tensors point into a read-only private
  * mapping that the weight set keeps (and unmaps when freed); a tensor whose offset is
  * not a multiple of its dtype size is copied into an aligned buffer instead. The
  * header's __metadata__ becomes the set's metadata (sd_weights_metadata_*). */
@@ -17,6 +19,12 @@
 
 /* headers of real checkpoints are well under 1 MB */
 #define SD_SAFETENSORS_MAX_HEADER (100u * 1000u * 1000u)
+
+/* The most elements a tensor's dims may multiply to, a zero dim counted as 1. An empty
+ * tensor such as [0, 2^62] holds no bytes, but the engine and NumPy still index each of
+ * its dims: this keeps the byte size of any shape, in any dtype (8 bytes at most), and
+ * so its float32 copy, within a signed 64-bit size. */
+#define SD_SAFETENSORS_MAX_SPAN (INT64_MAX / 8)
 
 typedef struct {
     /* Leave out tensors of a dtype the engine cannot hold (F64, I64, U8, BOOL, F8_*)

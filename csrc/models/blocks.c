@@ -1,43 +1,20 @@
 /* Blocks shared by the UNet and the VAE (see blocks.h). */
-#include <stdio.h>
-
 #include "blocks.h"
 
-sd_status sd_block_param(const sd_weights *w, const char *prefix, const char *name, int ndim,
-                         const int64_t *shape, const sd_tensor **out) {
-    char full[512];
-    int n = snprintf(full, sizeof full, "%s%s%s", prefix, prefix[0] ? "." : "", name);
-    if (n < 0 || (size_t)n >= sizeof full)
-        return sd_fail(SD_ERR_INVALID, "tensor name too long: %s.%s", prefix, name);
-    return sd_weights_require(w, full, ndim, shape, out);
-}
-
-#define VEC(n) ((const int64_t[]){(n)})
-
-sd_status sd_resnet_block_load(const sd_weights *w, const char *prefix, int in_ch, int out_ch,
-                               int temb_ch, int groups, float eps, sd_resnet_block *rb) {
+sd_status sd_resnet_block_declare(sd_tensor_decls *d, const char *prefix, int in_ch, int out_ch,
+                                  int temb_ch, int groups, float eps, sd_resnet_block *rb) {
     *rb = (sd_resnet_block){.in_ch = in_ch, .out_ch = out_ch, .temb_ch = temb_ch,
                             .groups = groups, .eps = eps};
-    SD_TRY(sd_block_param(w, prefix, "norm1.weight", 1, VEC(in_ch), &rb->norm1_w));
-    SD_TRY(sd_block_param(w, prefix, "norm1.bias", 1, VEC(in_ch), &rb->norm1_b));
-    SD_TRY(sd_block_param(w, prefix, "conv1.weight", 4, ((const int64_t[]){out_ch, in_ch, 3, 3}),
-                          &rb->conv1_w));
-    SD_TRY(sd_block_param(w, prefix, "conv1.bias", 1, VEC(out_ch), &rb->conv1_b));
-    if (temb_ch > 0) {
-        SD_TRY(sd_block_param(w, prefix, "time_emb_proj.weight", 2,
-                              ((const int64_t[]){out_ch, temb_ch}), &rb->temb_w));
-        SD_TRY(sd_block_param(w, prefix, "time_emb_proj.bias", 1, VEC(out_ch), &rb->temb_b));
-    }
-    SD_TRY(sd_block_param(w, prefix, "norm2.weight", 1, VEC(out_ch), &rb->norm2_w));
-    SD_TRY(sd_block_param(w, prefix, "norm2.bias", 1, VEC(out_ch), &rb->norm2_b));
-    SD_TRY(sd_block_param(w, prefix, "conv2.weight", 4, ((const int64_t[]){out_ch, out_ch, 3, 3}),
-                          &rb->conv2_w));
-    SD_TRY(sd_block_param(w, prefix, "conv2.bias", 1, VEC(out_ch), &rb->conv2_b));
-    if (in_ch != out_ch) {
-        SD_TRY(sd_block_param(w, prefix, "conv_shortcut.weight", 4,
-                              ((const int64_t[]){out_ch, in_ch, 1, 1}), &rb->short_w));
-        SD_TRY(sd_block_param(w, prefix, "conv_shortcut.bias", 1, VEC(out_ch), &rb->short_b));
-    }
+    SD_TRY(sd_decl_norm(d, prefix, "norm1", in_ch, &rb->norm1_w, &rb->norm1_b));
+    SD_TRY(sd_decl_conv(d, prefix, "conv1", out_ch, in_ch, 3, &rb->conv1_w, &rb->conv1_b));
+    if (temb_ch > 0)
+        SD_TRY(sd_decl_linear(d, prefix, "time_emb_proj", out_ch, temb_ch, &rb->temb_w,
+                              &rb->temb_b));
+    SD_TRY(sd_decl_norm(d, prefix, "norm2", out_ch, &rb->norm2_w, &rb->norm2_b));
+    SD_TRY(sd_decl_conv(d, prefix, "conv2", out_ch, out_ch, 3, &rb->conv2_w, &rb->conv2_b));
+    if (in_ch != out_ch)
+        SD_TRY(sd_decl_conv(d, prefix, "conv_shortcut", out_ch, in_ch, 1, &rb->short_w,
+                            &rb->short_b));
     return SD_OK;
 }
 

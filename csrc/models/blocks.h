@@ -7,10 +7,7 @@
 
 #include "arena.h"
 #include "sdcore.h"
-
-/* Look up "<prefix>.<name>" with the given shape; the error names the full tensor name. */
-sd_status sd_block_param(const sd_weights *w, const char *prefix, const char *name, int ndim,
-                         const int64_t *shape, const sd_tensor **out);
+#include "tensors.h"
 
 /* diffusers' ResnetBlock2D:
  *   h = conv1(silu(norm1(x))) [+ time_emb_proj(silu(temb)) per channel]
@@ -26,8 +23,9 @@ typedef struct {
     const sd_tensor *short_w, *short_b; /* (out_ch, in_ch, 1, 1) or NULL */
 } sd_resnet_block;
 
-sd_status sd_resnet_block_load(const sd_weights *w, const char *prefix, int in_ch, int out_ch,
-                               int temb_ch, int groups, float eps, sd_resnet_block *rb);
+/* Set rb's sizes and declare its tensors under `prefix`, each filling its slot in rb. */
+sd_status sd_resnet_block_declare(sd_tensor_decls *d, const char *prefix, int in_ch, int out_ch,
+                                  int temb_ch, int groups, float eps, sd_resnet_block *rb);
 
 /* x (B, in_ch, H, W), temb_silu (B, temb_ch) = silu(temb) or NULL -> out (B, out_ch, H, W).
  * out must not be x (conv2 writes out before the shortcut reads x).

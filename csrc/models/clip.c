@@ -4,7 +4,6 @@
 
 #include "arena.h"
 #include "plan.h"
-#include "blocks.h"
 #include "clip.h"
 
 typedef struct {
@@ -37,29 +36,61 @@ static sd_status check_config(const sd_clip_config *c) {
     return SD_OK;
 }
 
-#define VEC(n) ((const int64_t[]){(n)})
-#define MAT(a, b) ((const int64_t[]){(a), (b)})
+/* The model's tensors, declared once: what sd_clip_create binds and sd_clip_tensors lists.
+ * Names are CLIPTextModel's state-dict names (transformers 4, with the text_model. wrapper). */
 
-static sd_status load_layer(const sd_weights *w, int i, int C, int F, clip_layer *l) {
+static sd_status layer_declare(sd_tensor_decls *d, int i, int C, int F, clip_layer *l) {
     char p[128];
     snprintf(p, sizeof p, "text_model.encoder.layers.%d", i);
-    SD_TRY(sd_block_param(w, p, "layer_norm1.weight", 1, VEC(C), &l->ln1_w));
-    SD_TRY(sd_block_param(w, p, "layer_norm1.bias", 1, VEC(C), &l->ln1_b));
-    SD_TRY(sd_block_param(w, p, "layer_norm2.weight", 1, VEC(C), &l->ln2_w));
-    SD_TRY(sd_block_param(w, p, "layer_norm2.bias", 1, VEC(C), &l->ln2_b));
-    SD_TRY(sd_block_param(w, p, "self_attn.q_proj.weight", 2, MAT(C, C), &l->q_w));
-    SD_TRY(sd_block_param(w, p, "self_attn.q_proj.bias", 1, VEC(C), &l->q_b));
-    SD_TRY(sd_block_param(w, p, "self_attn.k_proj.weight", 2, MAT(C, C), &l->k_w));
-    SD_TRY(sd_block_param(w, p, "self_attn.k_proj.bias", 1, VEC(C), &l->k_b));
-    SD_TRY(sd_block_param(w, p, "self_attn.v_proj.weight", 2, MAT(C, C), &l->v_w));
-    SD_TRY(sd_block_param(w, p, "self_attn.v_proj.bias", 1, VEC(C), &l->v_b));
-    SD_TRY(sd_block_param(w, p, "self_attn.out_proj.weight", 2, MAT(C, C), &l->o_w));
-    SD_TRY(sd_block_param(w, p, "self_attn.out_proj.bias", 1, VEC(C), &l->o_b));
-    SD_TRY(sd_block_param(w, p, "mlp.fc1.weight", 2, MAT(F, C), &l->fc1_w));
-    SD_TRY(sd_block_param(w, p, "mlp.fc1.bias", 1, VEC(F), &l->fc1_b));
-    SD_TRY(sd_block_param(w, p, "mlp.fc2.weight", 2, MAT(C, F), &l->fc2_w));
-    SD_TRY(sd_block_param(w, p, "mlp.fc2.bias", 1, VEC(C), &l->fc2_b));
+    SD_TRY(sd_decl_linear(d, p, "self_attn.q_proj", C, C, &l->q_w, &l->q_b));
+    SD_TRY(sd_decl_linear(d, p, "self_attn.k_proj", C, C, &l->k_w, &l->k_b));
+    SD_TRY(sd_decl_linear(d, p, "self_attn.v_proj", C, C, &l->v_w, &l->v_b));
+    SD_TRY(sd_decl_linear(d, p, "self_attn.out_proj", C, C, &l->o_w, &l->o_b));
+    SD_TRY(sd_decl_norm(d, p, "layer_norm1", C, &l->ln1_w, &l->ln1_b));
+    SD_TRY(sd_decl_linear(d, p, "mlp.fc1", F, C, &l->fc1_w, &l->fc1_b));
+    SD_TRY(sd_decl_linear(d, p, "mlp.fc2", C, F, &l->fc2_w, &l->fc2_b));
+    return sd_decl_norm(d, p, "layer_norm2", C, &l->ln2_w, &l->ln2_b);
+}
+
+/* Every tensor of m (its config set and its layers allocated), each with its slot in m. */
+static sd_status clip_declare(sd_tensor_decls *d, sd_clip *m) {
+    const sd_clip_config *c = &m->cfg;
+    int C = c->hidden_size;
+    SD_TRY(sd_decl(d, "text_model.embeddings", "token_embedding.weight", 2,
+                   (const int64_t[]){c->vocab_size, C}, 0, &m->token_embedding));
+    SD_TRY(sd_decl(d, "text_model.embeddings", "position_embedding.weight", 2,
+                   (const int64_t[]){c->max_position_embeddings, C}, 0, &m->position_embedding));
+    for (int i = 0; i < c->num_hidden_layers; i++)
+        SD_TRY(layer_declare(d, i, C, c->intermediate_size, &m->layers[i]));
+    return sd_decl_norm(d, "text_model", "final_layer_norm", C, &m->final_w, &m->final_b);
+}
+
+/* A model with its config set and its layer table allocated. */
+static sd_status clip_skeleton(const sd_clip_config *config, sd_clip **out) {
+    *out = NULL;
+    SD_TRY(check_config(config));
+    sd_clip *m = calloc(1, sizeof *m);
+    if (m)
+        m->layers = calloc((size_t)config->num_hidden_layers, sizeof(clip_layer));
+    if (!m || !m->layers) {
+        free(m);
+        return sd_fail(SD_ERR_NOMEM, "cannot allocate the text encoder");
+    }
+    m->cfg = *config;
+    *out = m;
     return SD_OK;
+}
+
+sd_status sd_clip_tensors(const sd_clip_config *config, sd_tensor_decls *out) {
+    if (!config || !out)
+        return sd_fail(SD_ERR_INVALID, "text encoder: config and a list are required");
+    sd_clip *m;
+    SD_TRY(clip_skeleton(config, &m));
+    sd_status s = clip_declare(out, m);
+    sd_decls_detach(out);
+    free(m->layers);
+    free(m);
+    return s;
 }
 
 sd_status sd_clip_create(const sd_clip_config *config, const sd_weights *weights,
@@ -68,36 +99,22 @@ sd_status sd_clip_create(const sd_clip_config *config, const sd_weights *weights
     SD_TRY(check_config(config));
     if (!be->embedding)
         return sd_fail(SD_ERR_UNSUPPORTED, "the %s backend has no embedding op", be->name);
-    sd_clip *m = calloc(1, sizeof *m);
-    if (!m)
-        return sd_fail(SD_ERR_NOMEM, "cannot allocate the text encoder");
-    m->cfg = *config;
+    sd_clip *m;
+    SD_TRY(clip_skeleton(config, &m));
     m->be = be;
     sd_arena_init(&m->arena, be);
-    int C = config->hidden_size;
-    sd_status s;
-    m->layers = calloc((size_t)config->num_hidden_layers, sizeof(clip_layer));
-    if (!m->layers) {
-        s = sd_fail(SD_ERR_NOMEM, "cannot allocate the text encoder");
-        goto fail;
+    sd_tensor_decls d;
+    sd_decls_init(&d);
+    sd_status s = clip_declare(&d, m);
+    if (s == SD_OK)
+        s = sd_decls_bind(&d, weights);
+    sd_decls_free(&d);
+    if (s != SD_OK) {
+        sd_clip_free(m);
+        return s;
     }
-    if ((s = sd_block_param(weights, "text_model.embeddings", "token_embedding.weight", 2,
-                            MAT(config->vocab_size, C), &m->token_embedding)) ||
-        (s = sd_block_param(weights, "text_model.embeddings", "position_embedding.weight", 2,
-                            MAT(config->max_position_embeddings, C), &m->position_embedding)) ||
-        (s = sd_block_param(weights, "text_model", "final_layer_norm.weight", 1, VEC(C),
-                            &m->final_w)) ||
-        (s = sd_block_param(weights, "text_model", "final_layer_norm.bias", 1, VEC(C),
-                            &m->final_b)))
-        goto fail;
-    for (int i = 0; i < config->num_hidden_layers; i++)
-        if ((s = load_layer(weights, i, C, config->intermediate_size, &m->layers[i])))
-            goto fail;
     *out = m;
     return SD_OK;
-fail:
-    sd_clip_free(m);
-    return s;
 }
 
 void sd_clip_free(sd_clip *m) {

@@ -9,6 +9,7 @@
 #define SDCORE_CLIP_H
 
 #include "sdcore.h"
+#include "tensors.h"
 
 typedef struct {
     int vocab_size;              /* 49408 */
@@ -23,8 +24,13 @@ typedef struct {
 
 typedef struct sd_clip sd_clip;
 
-/* Check the config, then find and shape-check every tensor under the transformers names
- * (text_model.embeddings..., text_model.encoder.layers.{i}..., text_model.final_layer_norm).
+/* Every tensor the model with this config reads, appended to `out` (an initialised list,
+ * freed by the caller): the transformers names (text_model.embeddings...,
+ * text_model.encoder.layers.{i}..., text_model.final_layer_norm) and shapes. An invalid
+ * config is the error. */
+sd_status sd_clip_tensors(const sd_clip_config *config, sd_tensor_decls *out);
+
+/* Check the config, then find and shape-check every tensor sd_clip_tensors lists.
  * The model borrows the tensors: `weights` must outlive it. */
 sd_status sd_clip_create(const sd_clip_config *config, const sd_weights *weights,
                          const sd_backend *be, sd_clip **out);

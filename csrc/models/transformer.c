@@ -20,68 +20,46 @@
 
 /* ------------------------------------------------------------- weights --- */
 
-/* "<prefix>.<name>" if the checkpoint has it (shape-checked), else NULL. */
-static sd_status optional_param(const sd_weights *w, const char *prefix, const char *name,
-                                int ndim, const int64_t *shape, const sd_tensor **out) {
-    char full[512];
-    *out = NULL;
-    int n = snprintf(full, sizeof full, "%s.%s", prefix, name);
-    if (n < 0 || (size_t)n >= sizeof full || !sd_weights_find(w, full))
-        return SD_OK;
-    return sd_block_param(w, prefix, name, ndim, shape, out);
+/* attn1 (kv_dim C) or attn2 (kv_dim the context's): q, k, v without biases as diffusers
+ * has them (a converted checkpoint's are used when present), to_out.0 with one */
+static sd_status attention_declare(sd_tensor_decls *d, const char *prefix, int C, int kv_dim,
+                                   sd_attention_weights *a) {
+    SD_TRY(sd_decl(d, prefix, "to_q.weight", 2, MAT(C, C), 0, &a->q_w));
+    SD_TRY(sd_decl(d, prefix, "to_q.bias", 1, VEC(C), SD_DECL_OPTIONAL, &a->q_b));
+    SD_TRY(sd_decl(d, prefix, "to_k.weight", 2, MAT(C, kv_dim), 0, &a->k_w));
+    SD_TRY(sd_decl(d, prefix, "to_k.bias", 1, VEC(C), SD_DECL_OPTIONAL, &a->k_b));
+    SD_TRY(sd_decl(d, prefix, "to_v.weight", 2, MAT(C, kv_dim), 0, &a->v_w));
+    SD_TRY(sd_decl(d, prefix, "to_v.bias", 1, VEC(C), SD_DECL_OPTIONAL, &a->v_b));
+    return sd_decl_linear(d, prefix, "to_out.0", C, C, &a->out_w, &a->out_b);
 }
 
-static sd_status attention_load(const sd_weights *w, const char *prefix, int C, int kv_dim,
-                                sd_attention_weights *a) {
-    SD_TRY(sd_block_param(w, prefix, "to_q.weight", 2, MAT(C, C), &a->q_w));
-    SD_TRY(optional_param(w, prefix, "to_q.bias", 1, VEC(C), &a->q_b));
-    SD_TRY(sd_block_param(w, prefix, "to_k.weight", 2, MAT(C, kv_dim), &a->k_w));
-    SD_TRY(optional_param(w, prefix, "to_k.bias", 1, VEC(C), &a->k_b));
-    SD_TRY(sd_block_param(w, prefix, "to_v.weight", 2, MAT(C, kv_dim), &a->v_w));
-    SD_TRY(optional_param(w, prefix, "to_v.bias", 1, VEC(C), &a->v_b));
-    SD_TRY(sd_block_param(w, prefix, "to_out.0.weight", 2, MAT(C, C), &a->out_w));
-    SD_TRY(sd_block_param(w, prefix, "to_out.0.bias", 1, VEC(C), &a->out_b));
-    return SD_OK;
-}
-
-static sd_status transformer_block_load(const sd_weights *w, const char *prefix, int C,
-                                        int context_dim, sd_transformer_block *b) {
+static sd_status transformer_block_declare(sd_tensor_decls *d, const char *prefix, int C,
+                                           int context_dim, sd_transformer_block *b) {
     char sub[512];
-    SD_TRY(sd_block_param(w, prefix, "norm1.weight", 1, VEC(C), &b->norm1_w));
-    SD_TRY(sd_block_param(w, prefix, "norm1.bias", 1, VEC(C), &b->norm1_b));
+    SD_TRY(sd_decl_norm(d, prefix, "norm1", C, &b->norm1_w, &b->norm1_b));
     snprintf(sub, sizeof sub, "%.400s.attn1", prefix);
-    SD_TRY(attention_load(w, sub, C, C, &b->attn1));
-    SD_TRY(sd_block_param(w, prefix, "norm2.weight", 1, VEC(C), &b->norm2_w));
-    SD_TRY(sd_block_param(w, prefix, "norm2.bias", 1, VEC(C), &b->norm2_b));
+    SD_TRY(attention_declare(d, sub, C, C, &b->attn1));
+    SD_TRY(sd_decl_norm(d, prefix, "norm2", C, &b->norm2_w, &b->norm2_b));
     snprintf(sub, sizeof sub, "%.400s.attn2", prefix);
-    SD_TRY(attention_load(w, sub, C, context_dim, &b->attn2));
-    SD_TRY(sd_block_param(w, prefix, "norm3.weight", 1, VEC(C), &b->norm3_w));
-    SD_TRY(sd_block_param(w, prefix, "norm3.bias", 1, VEC(C), &b->norm3_b));
+    SD_TRY(attention_declare(d, sub, C, context_dim, &b->attn2));
+    SD_TRY(sd_decl_norm(d, prefix, "norm3", C, &b->norm3_w, &b->norm3_b));
     /* GEGLU: one projection to 2 * 4C, split into value and gate */
-    SD_TRY(sd_block_param(w, prefix, "ff.net.0.proj.weight", 2, MAT(8 * C, C), &b->ff_in_w));
-    SD_TRY(sd_block_param(w, prefix, "ff.net.0.proj.bias", 1, VEC(8 * C), &b->ff_in_b));
-    SD_TRY(sd_block_param(w, prefix, "ff.net.2.weight", 2, MAT(C, 4 * C), &b->ff_out_w));
-    SD_TRY(sd_block_param(w, prefix, "ff.net.2.bias", 1, VEC(C), &b->ff_out_b));
-    return SD_OK;
+    SD_TRY(sd_decl_linear(d, prefix, "ff.net.0.proj", 8 * C, C, &b->ff_in_w, &b->ff_in_b));
+    return sd_decl_linear(d, prefix, "ff.net.2", C, 4 * C, &b->ff_out_w, &b->ff_out_b);
 }
 
 /* proj_in / proj_out: a 1x1 conv (C, C, 1, 1) or, with linear projection, a linear (C, C) */
-static sd_status projection_load(const sd_weights *w, const char *prefix, const char *name,
-                                 int C, int linear_proj, const sd_tensor **weight,
-                                 const sd_tensor **bias) {
-    char wname[64], bname[64];
-    snprintf(wname, sizeof wname, "%s.weight", name);
-    snprintf(bname, sizeof bname, "%s.bias", name);
+static sd_status projection_declare(sd_tensor_decls *d, const char *prefix, const char *name,
+                                    int C, int linear_proj, const sd_tensor **weight,
+                                    const sd_tensor **bias) {
     if (linear_proj)
-        SD_TRY(sd_block_param(w, prefix, wname, 2, MAT(C, C), weight));
-    else
-        SD_TRY(sd_block_param(w, prefix, wname, 4, ((const int64_t[]){C, C, 1, 1}), weight));
-    return sd_block_param(w, prefix, bname, 1, VEC(C), bias);
+        return sd_decl_linear(d, prefix, name, C, C, weight, bias);
+    return sd_decl_conv(d, prefix, name, C, C, 1, weight, bias);
 }
 
-sd_status sd_transformer2d_load(const sd_weights *w, const char *prefix, int channels, int heads,
-                                int depth, int context_dim, int groups, int linear_proj,
-                                sd_transformer2d *t) {
+sd_status sd_transformer2d_declare(sd_tensor_decls *d, const char *prefix, int channels,
+                                   int heads, int depth, int context_dim, int groups,
+                                   int linear_proj, sd_transformer2d *t) {
     memset(t, 0, sizeof *t);
     if (heads < 1 || channels % heads != 0)
         return sd_fail(SD_ERR_INVALID, "%s: %d channels do not split into %d attention heads",
@@ -92,24 +70,27 @@ sd_status sd_transformer2d_load(const sd_weights *w, const char *prefix, int cha
                             .context_dim = context_dim, .groups = groups,
                             .linear_proj = linear_proj};
     int C = channels;
-    SD_TRY(sd_block_param(w, prefix, "norm.weight", 1, VEC(C), &t->norm_w));
-    SD_TRY(sd_block_param(w, prefix, "norm.bias", 1, VEC(C), &t->norm_b));
-    SD_TRY(projection_load(w, prefix, "proj_in", C, linear_proj, &t->proj_in_w, &t->proj_in_b));
-    SD_TRY(projection_load(w, prefix, "proj_out", C, linear_proj, &t->proj_out_w,
-                           &t->proj_out_b));
     t->blocks = calloc((size_t)depth, sizeof *t->blocks);
     if (!t->blocks)
         return sd_fail(SD_ERR_NOMEM, "%s: cannot allocate %d transformer blocks", prefix, depth);
+    sd_status s;
+    if ((s = sd_decl_norm(d, prefix, "norm", C, &t->norm_w, &t->norm_b)) ||
+        (s = projection_declare(d, prefix, "proj_in", C, linear_proj, &t->proj_in_w,
+                                &t->proj_in_b)))
+        goto fail;
     for (int i = 0; i < depth; i++) {
         char sub[512];
         snprintf(sub, sizeof sub, "%.400s.transformer_blocks.%d", prefix, i);
-        sd_status s = transformer_block_load(w, sub, C, context_dim, &t->blocks[i]);
-        if (s != SD_OK) {
-            sd_transformer2d_free(t);
-            return s;
-        }
+        if ((s = transformer_block_declare(d, sub, C, context_dim, &t->blocks[i])))
+            goto fail;
     }
+    if ((s = projection_declare(d, prefix, "proj_out", C, linear_proj, &t->proj_out_w,
+                                &t->proj_out_b)))
+        goto fail;
     return SD_OK;
+fail:
+    sd_transformer2d_free(t);
+    return s;
 }
 
 void sd_transformer2d_free(sd_transformer2d *t) {

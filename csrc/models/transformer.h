@@ -15,6 +15,7 @@
 
 #include "arena.h"
 #include "sdcore.h"
+#include "tensors.h"
 
 /* One attention of a block: q from the tokens, k and v from the tokens (attn1) or from
  * the context (attn2). diffusers' SD attention has no q/k/v biases; one that a
@@ -38,11 +39,12 @@ typedef struct {
     sd_transformer_block *blocks; /* depth of them */
 } sd_transformer2d;
 
-/* Find and shape-check the tensors under `prefix` (e.g. "down_blocks.0.attentions.1").
- * On failure *t holds nothing to free. */
-sd_status sd_transformer2d_load(const sd_weights *w, const char *prefix, int channels, int heads,
-                                int depth, int context_dim, int groups, int linear_proj,
-                                sd_transformer2d *t);
+/* Set t's sizes, allocate its blocks and declare its tensors under `prefix` (e.g.
+ * "down_blocks.0.attentions.1"), each filling its slot in t. On failure *t holds nothing
+ * to free. */
+sd_status sd_transformer2d_declare(sd_tensor_decls *d, const char *prefix, int channels,
+                                   int heads, int depth, int context_dim, int groups,
+                                   int linear_proj, sd_transformer2d *t);
 void sd_transformer2d_free(sd_transformer2d *t);
 
 /* x (B, C, H, W), context (B, Tc, context_dim) -> out (B, C, H, W); out may be x.

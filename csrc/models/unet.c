@@ -10,8 +10,6 @@
 #include "transformer.h"
 #include "unet.h"
 
-#define VEC(n) ((const int64_t[]){(n)})
-#define CONV3(oc, ic) ((const int64_t[]){(oc), (ic), 3, 3})
 #define CHECK(expr)                    \
     do {                               \
         if ((s = (expr)) != SD_OK)     \
@@ -178,22 +176,20 @@ static sd_status config_check(const sd_unet_config *c) {
 
 /* ------------------------------------------------------------- weights --- */
 
-static sd_status conv_load(const sd_weights *w, const char *prefix, int oc, int ic,
-                           const sd_tensor **weight, const sd_tensor **bias) {
-    SD_TRY(sd_block_param(w, prefix, "weight", 4, CONV3(oc, ic), weight));
-    return sd_block_param(w, prefix, "bias", 1, VEC(oc), bias);
-}
+/* The model's tensors, declared once: what sd_unet_create binds and sd_unet_tensors
+ * lists. Names are UNet2DConditionModel's state-dict names. */
 
-static sd_status attention_load(const sd_unet *m, const sd_weights *w, const char *prefix,
-                                int ch, int level, sd_transformer2d *t) {
+static sd_status attention_declare(sd_tensor_decls *d, const sd_unet *m, const char *prefix,
+                                   int ch, int level, sd_transformer2d *t) {
     const sd_unet_config *c = &m->cfg;
-    return sd_transformer2d_load(w, prefix, ch, c->attention_heads[level],
-                                 c->transformer_layers_per_block[level], c->cross_attention_dim,
-                                 c->norm_num_groups, c->use_linear_projection, t);
+    return sd_transformer2d_declare(d, prefix, ch, c->attention_heads[level],
+                                    c->transformer_layers_per_block[level],
+                                    c->cross_attention_dim, c->norm_num_groups,
+                                    c->use_linear_projection, t);
 }
 
 /* down_blocks.i: resnets (in -> out, then out -> out), attentions, downsamplers.0.conv */
-static sd_status down_block_load(sd_unet *m, const sd_weights *w, int i, int in_ch) {
+static sd_status down_block_declare(sd_tensor_decls *d, sd_unet *m, int i, int in_ch) {
     const sd_unet_config *c = &m->cfg;
     unet_block *blk = &m->down[i];
     char prefix[128];
@@ -202,24 +198,25 @@ static sd_status down_block_load(sd_unet *m, const sd_weights *w, int i, int in_
     blk->has_attention = c->down_cross_attention[i];
     for (int j = 0; j < blk->num_layers; j++) {
         snprintf(prefix, sizeof prefix, "down_blocks.%d.resnets.%d", i, j);
-        SD_TRY(sd_resnet_block_load(w, prefix, j == 0 ? in_ch : blk->out_ch, blk->out_ch,
-                                    m->temb_dim, c->norm_num_groups, c->norm_eps,
-                                    &blk->resnets[j]));
+        SD_TRY(sd_resnet_block_declare(d, prefix, j == 0 ? in_ch : blk->out_ch, blk->out_ch,
+                                       m->temb_dim, c->norm_num_groups, c->norm_eps,
+                                       &blk->resnets[j]));
         if (blk->has_attention) {
             snprintf(prefix, sizeof prefix, "down_blocks.%d.attentions.%d", i, j);
-            SD_TRY(attention_load(m, w, prefix, blk->out_ch, i, &blk->attentions[j]));
+            SD_TRY(attention_declare(d, m, prefix, blk->out_ch, i, &blk->attentions[j]));
         }
     }
     if (i < c->num_blocks - 1) {
-        snprintf(prefix, sizeof prefix, "down_blocks.%d.downsamplers.0.conv", i);
-        SD_TRY(conv_load(w, prefix, blk->out_ch, blk->out_ch, &blk->sampler_w, &blk->sampler_b));
+        snprintf(prefix, sizeof prefix, "down_blocks.%d.downsamplers.0", i);
+        SD_TRY(sd_decl_conv(d, prefix, "conv", blk->out_ch, blk->out_ch, 3, &blk->sampler_w,
+                            &blk->sampler_b));
     }
     return SD_OK;
 }
 
 /* up_blocks.i (up order; level n-1-i of the down path): layers_per_block + 1 resnets over
  * (hidden ++ skip) channels, attentions, upsamplers.0.conv */
-static sd_status up_block_load(sd_unet *m, const sd_weights *w, int i, int prev_ch) {
+static sd_status up_block_declare(sd_tensor_decls *d, sd_unet *m, int i, int prev_ch) {
     const sd_unet_config *c = &m->cfg;
     int level = c->num_blocks - 1 - i;
     unet_block *blk = &m->up[i];
@@ -230,50 +227,85 @@ static sd_status up_block_load(sd_unet *m, const sd_weights *w, int i, int prev_
     for (int j = 0; j < blk->num_layers; j++) {
         int hidden_ch = j == 0 ? prev_ch : blk->out_ch;
         snprintf(prefix, sizeof prefix, "up_blocks.%d.resnets.%d", i, j);
-        SD_TRY(sd_resnet_block_load(w, prefix, hidden_ch + up_skip_channels(c, i, j),
-                                    blk->out_ch, m->temb_dim, c->norm_num_groups, c->norm_eps,
-                                    &blk->resnets[j]));
+        SD_TRY(sd_resnet_block_declare(d, prefix, hidden_ch + up_skip_channels(c, i, j),
+                                       blk->out_ch, m->temb_dim, c->norm_num_groups,
+                                       c->norm_eps, &blk->resnets[j]));
         if (blk->has_attention) {
             snprintf(prefix, sizeof prefix, "up_blocks.%d.attentions.%d", i, j);
-            SD_TRY(attention_load(m, w, prefix, blk->out_ch, level, &blk->attentions[j]));
+            SD_TRY(attention_declare(d, m, prefix, blk->out_ch, level, &blk->attentions[j]));
         }
     }
     if (i < c->num_blocks - 1) {
-        snprintf(prefix, sizeof prefix, "up_blocks.%d.upsamplers.0.conv", i);
-        SD_TRY(conv_load(w, prefix, blk->out_ch, blk->out_ch, &blk->sampler_w, &blk->sampler_b));
+        snprintf(prefix, sizeof prefix, "up_blocks.%d.upsamplers.0", i);
+        SD_TRY(sd_decl_conv(d, prefix, "conv", blk->out_ch, blk->out_ch, 3, &blk->sampler_w,
+                            &blk->sampler_b));
     }
     return SD_OK;
 }
 
-static sd_status unet_load(sd_unet *m, const sd_weights *w) {
+/* Set m's block sizes from its config and declare every tensor, each with its slot in m. */
+static sd_status unet_declare(sd_tensor_decls *d, sd_unet *m) {
     const sd_unet_config *c = &m->cfg;
     int n = c->num_blocks, ch0 = c->block_out_channels[0], top = c->block_out_channels[n - 1];
-    SD_TRY(conv_load(w, "conv_in", ch0, c->in_channels, &m->conv_in_w, &m->conv_in_b));
-    if (m->conv_in_w->device != m->be->device)
-        return sd_fail(SD_ERR_UNSUPPORTED,
-                       "unet: the weights are not on the %s backend's device; move them there "
-                       "first",
-                       m->be->name);
-    SD_TRY(sd_block_param(w, "time_embedding.linear_1", "weight", 2,
-                          ((const int64_t[]){m->temb_dim, ch0}), &m->time1_w));
-    SD_TRY(sd_block_param(w, "time_embedding.linear_1", "bias", 1, VEC(m->temb_dim),
-                          &m->time1_b));
-    SD_TRY(sd_block_param(w, "time_embedding.linear_2", "weight", 2,
-                          ((const int64_t[]){m->temb_dim, m->temb_dim}), &m->time2_w));
-    SD_TRY(sd_block_param(w, "time_embedding.linear_2", "bias", 1, VEC(m->temb_dim),
-                          &m->time2_b));
+    int groups = c->norm_num_groups, temb = m->temb_dim;
+    SD_TRY(sd_decl_conv(d, "", "conv_in", ch0, c->in_channels, 3, &m->conv_in_w, &m->conv_in_b));
+    SD_TRY(sd_decl_linear(d, "time_embedding", "linear_1", temb, ch0, &m->time1_w, &m->time1_b));
+    SD_TRY(sd_decl_linear(d, "time_embedding", "linear_2", temb, temb, &m->time2_w, &m->time2_b));
     for (int i = 0; i < n; i++)
-        SD_TRY(down_block_load(m, w, i, c->block_out_channels[i > 0 ? i - 1 : 0]));
-    SD_TRY(sd_resnet_block_load(w, "mid_block.resnets.0", top, top, m->temb_dim,
-                                c->norm_num_groups, c->norm_eps, &m->mid_resnets[0]));
-    SD_TRY(attention_load(m, w, "mid_block.attentions.0", top, n - 1, &m->mid_attention));
-    SD_TRY(sd_resnet_block_load(w, "mid_block.resnets.1", top, top, m->temb_dim,
-                                c->norm_num_groups, c->norm_eps, &m->mid_resnets[1]));
+        SD_TRY(down_block_declare(d, m, i, c->block_out_channels[i > 0 ? i - 1 : 0]));
+    SD_TRY(sd_resnet_block_declare(d, "mid_block.resnets.0", top, top, temb, groups, c->norm_eps,
+                                   &m->mid_resnets[0]));
+    SD_TRY(attention_declare(d, m, "mid_block.attentions.0", top, n - 1, &m->mid_attention));
+    SD_TRY(sd_resnet_block_declare(d, "mid_block.resnets.1", top, top, temb, groups, c->norm_eps,
+                                   &m->mid_resnets[1]));
     for (int i = 0; i < n; i++)
-        SD_TRY(up_block_load(m, w, i, i == 0 ? top : m->up[i - 1].out_ch));
-    SD_TRY(sd_block_param(w, "conv_norm_out", "weight", 1, VEC(ch0), &m->norm_out_w));
-    SD_TRY(sd_block_param(w, "conv_norm_out", "bias", 1, VEC(ch0), &m->norm_out_b));
-    SD_TRY(conv_load(w, "conv_out", c->out_channels, ch0, &m->conv_out_w, &m->conv_out_b));
+        SD_TRY(up_block_declare(d, m, i, i == 0 ? top : m->up[i - 1].out_ch));
+    SD_TRY(sd_decl_norm(d, "", "conv_norm_out", ch0, &m->norm_out_w, &m->norm_out_b));
+    return sd_decl_conv(d, "", "conv_out", c->out_channels, ch0, 3, &m->conv_out_w,
+                        &m->conv_out_b);
+}
+
+static void block_free(unet_block *blk) {
+    for (int j = 0; j < SD_UNET_MAX_LAYERS + 1; j++)
+        sd_transformer2d_free(&blk->attentions[j]);
+}
+
+/* what unet_declare allocated (the transformers' block arrays) */
+static void declared_free(sd_unet *m) {
+    for (int i = 0; i < SD_UNET_MAX_BLOCKS; i++) {
+        block_free(&m->down[i]);
+        block_free(&m->up[i]);
+    }
+    sd_transformer2d_free(&m->mid_attention);
+}
+
+/* A model with its config and sizes set, its tensors declared into d (slots unset). */
+static sd_status unet_skeleton(const sd_unet_config *config, sd_tensor_decls *d, sd_unet **out) {
+    *out = NULL;
+    SD_TRY(config_check(config));
+    sd_unet *m = calloc(1, sizeof *m);
+    if (!m)
+        return sd_fail(SD_ERR_NOMEM, "unet: cannot allocate the model");
+    m->cfg = *config;
+    m->temb_dim = 4 * config->block_out_channels[0];
+    sd_status s = unet_declare(d, m);
+    if (s != SD_OK) {
+        declared_free(m);
+        free(m);
+        return s;
+    }
+    *out = m;
+    return SD_OK;
+}
+
+sd_status sd_unet_tensors(const sd_unet_config *config, sd_tensor_decls *out) {
+    if (!config || !out)
+        return sd_fail(SD_ERR_INVALID, "unet: config and a list are required");
+    sd_unet *m;
+    SD_TRY(unet_skeleton(config, out, &m));
+    sd_decls_detach(out);
+    declared_free(m);
+    free(m);
     return SD_OK;
 }
 
@@ -282,19 +314,27 @@ sd_status sd_unet_create(const sd_unet_config *config, const sd_weights *weights
     *out = NULL;
     if (!config || !weights || !be)
         return sd_fail(SD_ERR_INVALID, "unet: config, weights and backend are required");
-    SD_TRY(config_check(config));
     if (!be->transpose_last2)
         return sd_fail(SD_ERR_UNSUPPORTED, "unet: the %s backend has no transpose_last2",
                        be->name);
-    sd_unet *m = calloc(1, sizeof *m);
-    if (!m)
-        return sd_fail(SD_ERR_NOMEM, "unet: cannot allocate the model");
-    m->cfg = *config;
+    sd_tensor_decls d;
+    sd_decls_init(&d);
+    sd_unet *m;
+    sd_status s = unet_skeleton(config, &d, &m);
+    if (s != SD_OK) {
+        sd_decls_free(&d);
+        return s;
+    }
     m->be = be;
-    m->temb_dim = 4 * config->block_out_channels[0];
     m->use_graphs = be->graph_begin != NULL;
     sd_arena_init(&m->arena, be);
-    sd_status s = unet_load(m, weights);
+    s = sd_decls_bind(&d, weights);
+    sd_decls_free(&d);
+    if (s == SD_OK && m->conv_in_w->device != be->device)
+        s = sd_fail(SD_ERR_UNSUPPORTED,
+                    "unet: the weights are not on the %s backend's device; move them there "
+                    "first",
+                    be->name);
     if (s != SD_OK) {
         sd_unet_free(m);
         return s;
@@ -303,19 +343,10 @@ sd_status sd_unet_create(const sd_unet_config *config, const sd_weights *weights
     return SD_OK;
 }
 
-static void block_free(unet_block *blk) {
-    for (int j = 0; j < SD_UNET_MAX_LAYERS + 1; j++)
-        sd_transformer2d_free(&blk->attentions[j]);
-}
-
 void sd_unet_free(sd_unet *m) {
     if (!m)
         return;
-    for (int i = 0; i < SD_UNET_MAX_BLOCKS; i++) {
-        block_free(&m->down[i]);
-        block_free(&m->up[i]);
-    }
-    sd_transformer2d_free(&m->mid_attention);
+    declared_free(m);
     graphs_free(m);
     sd_arena_free(&m->arena);
     free(m);

@@ -10,6 +10,7 @@
 #define SDCORE_UNET_H
 
 #include "sdcore.h"
+#include "tensors.h"
 
 #define SD_UNET_MAX_BLOCKS 4
 #define SD_UNET_MAX_LAYERS 8 /* resnets in a down block; an up block has one more */
@@ -42,7 +43,13 @@ sd_unet_config sd_unet_config_sd15(void);
 
 typedef struct sd_unet sd_unet;
 
-/* Check the config, then find and shape-check every tensor under its diffusers name; an
+/* Every tensor the model with this config reads, appended to `out` (an initialised list,
+ * freed by the caller): diffusers' state-dict names and shapes, in load order. The
+ * attentions' q/k/v biases are SD_DECL_OPTIONAL (diffusers' SD UNet has none). An
+ * invalid config is the error, naming the field. */
+sd_status sd_unet_tensors(const sd_unet_config *config, sd_tensor_decls *out);
+
+/* Check the config, then find and shape-check every tensor sd_unet_tensors lists; an
  * error names the config field or the tensor. The model borrows the tensors: `weights`
  * must outlive it. */
 sd_status sd_unet_create(const sd_unet_config *config, const sd_weights *weights,

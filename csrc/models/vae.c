@@ -17,7 +17,6 @@
             goto done;             \
     } while (0)
 #define VEC(n) ((const int64_t[]){(n)})
-#define CONV(o, i, k) ((const int64_t[]){(o), (i), (k), (k)})
 
 /* The mid block's single-head self-attention over the pixels. Projections are kept as
  * 2-D views whether the checkpoint stores (C, C) or (C, C, 1, 1): same memory. */
@@ -55,119 +54,100 @@ struct sd_vae {
 
 /* ------------------------------------------------------------- loading ---- */
 
-static sd_status linear_or_conv1x1(const sd_weights *w, const char *prefix, const char *name,
-                                   int C, sd_tensor *out) {
-    char full[256];
-    snprintf(full, sizeof full, "%s.%s", prefix, name);
-    const sd_tensor *t = sd_weights_find(w, full);
-    if (!t)
-        return sd_fail(SD_ERR_FORMAT, "tensor '%s' is missing from the checkpoint", full);
-    int ok = (t->ndim == 2 || (t->ndim == 4 && t->shape[2] == 1 && t->shape[3] == 1)) &&
-             t->shape[0] == C && t->shape[1] == C;
-    if (!ok) {
-        char got[96];
-        return sd_fail(SD_ERR_FORMAT, "tensor '%s' has shape %s, expected (%d, %d)", full,
-                       sd_shape_str(t, got, sizeof got), C, C);
-    }
-    *out = sd_tensor_view(t->data, t->dtype, t->device, 2, (const int64_t[]){C, C});
-    return SD_OK;
+/* The model's tensors, declared once: what sd_vae_create binds and sd_vae_tensors lists.
+ * Names are AutoencoderKL's state-dict names. */
+
+static sd_status attention_declare(sd_tensor_decls *d, const char *prefix, int C,
+                                   vae_attention *a) {
+    SD_TRY(sd_decl_norm(d, prefix, "group_norm", C, &a->norm_w, &a->norm_b));
+    SD_TRY(sd_decl_view(d, prefix, "to_q.weight", C, &a->q_w));
+    SD_TRY(sd_decl(d, prefix, "to_q.bias", 1, VEC(C), 0, &a->q_b));
+    SD_TRY(sd_decl_view(d, prefix, "to_k.weight", C, &a->k_w));
+    SD_TRY(sd_decl(d, prefix, "to_k.bias", 1, VEC(C), 0, &a->k_b));
+    SD_TRY(sd_decl_view(d, prefix, "to_v.weight", C, &a->v_w));
+    SD_TRY(sd_decl(d, prefix, "to_v.bias", 1, VEC(C), 0, &a->v_b));
+    SD_TRY(sd_decl_view(d, prefix, "to_out.0.weight", C, &a->o_w));
+    return sd_decl(d, prefix, "to_out.0.bias", 1, VEC(C), 0, &a->o_b);
 }
 
-static sd_status load_attention(const sd_weights *w, const char *prefix, int C, int groups,
-                                vae_attention *a) {
-    (void)groups;
-    SD_TRY(sd_block_param(w, prefix, "group_norm.weight", 1, VEC(C), &a->norm_w));
-    SD_TRY(sd_block_param(w, prefix, "group_norm.bias", 1, VEC(C), &a->norm_b));
-    SD_TRY(linear_or_conv1x1(w, prefix, "to_q.weight", C, &a->q_w));
-    SD_TRY(linear_or_conv1x1(w, prefix, "to_k.weight", C, &a->k_w));
-    SD_TRY(linear_or_conv1x1(w, prefix, "to_v.weight", C, &a->v_w));
-    SD_TRY(linear_or_conv1x1(w, prefix, "to_out.0.weight", C, &a->o_w));
-    SD_TRY(sd_block_param(w, prefix, "to_q.bias", 1, VEC(C), &a->q_b));
-    SD_TRY(sd_block_param(w, prefix, "to_k.bias", 1, VEC(C), &a->k_b));
-    SD_TRY(sd_block_param(w, prefix, "to_v.bias", 1, VEC(C), &a->v_b));
-    SD_TRY(sd_block_param(w, prefix, "to_out.0.bias", 1, VEC(C), &a->o_b));
-    return SD_OK;
-}
-
-static sd_status load_mid(const sd_weights *w, const char *coder, int C, const sd_vae_config *c,
-                          vae_mid *m) {
+static sd_status mid_declare(sd_tensor_decls *d, const char *coder, int C, const sd_vae_config *c,
+                             vae_mid *m) {
     char p[128];
     snprintf(p, sizeof p, "%s.mid_block.resnets.0", coder);
-    SD_TRY(sd_resnet_block_load(w, p, C, C, 0, c->norm_num_groups, VAE_EPS, &m->res0));
-    snprintf(p, sizeof p, "%s.mid_block.resnets.1", coder);
-    SD_TRY(sd_resnet_block_load(w, p, C, C, 0, c->norm_num_groups, VAE_EPS, &m->res1));
+    SD_TRY(sd_resnet_block_declare(d, p, C, C, 0, c->norm_num_groups, VAE_EPS, &m->res0));
     m->has_attn = c->mid_attention;
     if (m->has_attn) {
         snprintf(p, sizeof p, "%s.mid_block.attentions.0", coder);
-        SD_TRY(load_attention(w, p, C, c->norm_num_groups, &m->attn));
+        SD_TRY(attention_declare(d, p, C, &m->attn));
     }
-    return SD_OK;
+    snprintf(p, sizeof p, "%s.mid_block.resnets.1", coder);
+    return sd_resnet_block_declare(d, p, C, C, 0, c->norm_num_groups, VAE_EPS, &m->res1);
 }
 
-static sd_status load_decoder(const sd_weights *w, const sd_vae_config *c, vae_coder *d) {
-    int n = c->num_blocks, top = c->block_out_channels[n - 1], L = c->latent_channels;
-    SD_TRY(sd_block_param(w, "decoder", "conv_in.weight", 4, CONV(top, L, 3), &d->conv_in_w));
-    SD_TRY(sd_block_param(w, "decoder", "conv_in.bias", 1, VEC(top), &d->conv_in_b));
-    SD_TRY(load_mid(w, "decoder", top, c, &d->mid));
+/* decoder.up_blocks.i (i counts from the top level), or encoder.down_blocks.i: resnets,
+ * then the resampler's conv where there is one */
+static sd_status coder_block_declare(sd_tensor_decls *d, const char *kind, int i, int in_c,
+                                     int out_c, int n_res, int resample, const sd_vae_config *c,
+                                     vae_block *b) {
+    char p[128];
+    b->n_res = n_res;
+    for (int j = 0; j < n_res; j++) {
+        snprintf(p, sizeof p, "%s.%d.resnets.%d", kind, i, j);
+        SD_TRY(sd_resnet_block_declare(d, p, j == 0 ? in_c : out_c, out_c, 0, c->norm_num_groups,
+                                       VAE_EPS, &b->res[j]));
+    }
+    if (!resample)
+        return SD_OK;
+    snprintf(p, sizeof p, "%s.%d.%s.0", kind, i,
+             strcmp(kind, "decoder.up_blocks") == 0 ? "upsamplers" : "downsamplers");
+    return sd_decl_conv(d, p, "conv", out_c, out_c, 3, &b->resample_w, &b->resample_b);
+}
+
+static sd_status decoder_declare(sd_tensor_decls *d, const sd_vae_config *c, vae_coder *dec) {
+    int n = c->num_blocks, top = c->block_out_channels[n - 1], bottom = c->block_out_channels[0];
+    SD_TRY(sd_decl_conv(d, "decoder", "conv_in", top, c->latent_channels, 3, &dec->conv_in_w,
+                        &dec->conv_in_b));
+    SD_TRY(mid_declare(d, "decoder", top, c, &dec->mid));
     int prev = top;
     for (int i = 0; i < n; i++) {
         int out_c = c->block_out_channels[n - 1 - i];
-        vae_block *b = &d->blocks[i];
-        b->n_res = c->layers_per_block + 1;
-        for (int j = 0; j < b->n_res; j++) {
-            char p[128];
-            snprintf(p, sizeof p, "decoder.up_blocks.%d.resnets.%d", i, j);
-            SD_TRY(sd_resnet_block_load(w, p, j == 0 ? prev : out_c, out_c, 0, c->norm_num_groups,
-                                        VAE_EPS, &b->res[j]));
-        }
-        if (i < n - 1) {
-            char p[128];
-            snprintf(p, sizeof p, "decoder.up_blocks.%d.upsamplers.0", i);
-            SD_TRY(sd_block_param(w, p, "conv.weight", 4, CONV(out_c, out_c, 3), &b->resample_w));
-            SD_TRY(sd_block_param(w, p, "conv.bias", 1, VEC(out_c), &b->resample_b));
-        }
+        SD_TRY(coder_block_declare(d, "decoder.up_blocks", i, prev, out_c,
+                                   c->layers_per_block + 1, i < n - 1, c, &dec->blocks[i]));
         prev = out_c;
     }
-    int bottom = c->block_out_channels[0];
-    SD_TRY(sd_block_param(w, "decoder", "conv_norm_out.weight", 1, VEC(bottom), &d->norm_w));
-    SD_TRY(sd_block_param(w, "decoder", "conv_norm_out.bias", 1, VEC(bottom), &d->norm_b));
-    SD_TRY(sd_block_param(w, "decoder", "conv_out.weight", 4, CONV(c->out_channels, bottom, 3),
-                          &d->conv_out_w));
-    SD_TRY(sd_block_param(w, "decoder", "conv_out.bias", 1, VEC(c->out_channels), &d->conv_out_b));
-    return SD_OK;
+    SD_TRY(sd_decl_norm(d, "decoder", "conv_norm_out", bottom, &dec->norm_w, &dec->norm_b));
+    return sd_decl_conv(d, "decoder", "conv_out", c->out_channels, bottom, 3, &dec->conv_out_w,
+                        &dec->conv_out_b);
 }
 
-static sd_status load_encoder(const sd_weights *w, const sd_vae_config *c, vae_coder *e) {
-    int n = c->num_blocks, bottom = c->block_out_channels[0];
-    SD_TRY(sd_block_param(w, "encoder", "conv_in.weight", 4, CONV(bottom, c->in_channels, 3),
-                          &e->conv_in_w));
-    SD_TRY(sd_block_param(w, "encoder", "conv_in.bias", 1, VEC(bottom), &e->conv_in_b));
+static sd_status encoder_declare(sd_tensor_decls *d, const sd_vae_config *c, vae_coder *e) {
+    int n = c->num_blocks, top = c->block_out_channels[n - 1], bottom = c->block_out_channels[0];
+    SD_TRY(sd_decl_conv(d, "encoder", "conv_in", bottom, c->in_channels, 3, &e->conv_in_w,
+                        &e->conv_in_b));
     int prev = bottom;
     for (int i = 0; i < n; i++) {
         int out_c = c->block_out_channels[i];
-        vae_block *b = &e->blocks[i];
-        b->n_res = c->layers_per_block;
-        for (int j = 0; j < b->n_res; j++) {
-            char p[128];
-            snprintf(p, sizeof p, "encoder.down_blocks.%d.resnets.%d", i, j);
-            SD_TRY(sd_resnet_block_load(w, p, j == 0 ? prev : out_c, out_c, 0, c->norm_num_groups,
-                                        VAE_EPS, &b->res[j]));
-        }
-        if (i < n - 1) {
-            char p[128];
-            snprintf(p, sizeof p, "encoder.down_blocks.%d.downsamplers.0", i);
-            SD_TRY(sd_block_param(w, p, "conv.weight", 4, CONV(out_c, out_c, 3), &b->resample_w));
-            SD_TRY(sd_block_param(w, p, "conv.bias", 1, VEC(out_c), &b->resample_b));
-        }
+        SD_TRY(coder_block_declare(d, "encoder.down_blocks", i, prev, out_c, c->layers_per_block,
+                                   i < n - 1, c, &e->blocks[i]));
         prev = out_c;
     }
-    int top = c->block_out_channels[n - 1], L2 = 2 * c->latent_channels;
-    SD_TRY(load_mid(w, "encoder", top, c, &e->mid));
-    SD_TRY(sd_block_param(w, "encoder", "conv_norm_out.weight", 1, VEC(top), &e->norm_w));
-    SD_TRY(sd_block_param(w, "encoder", "conv_norm_out.bias", 1, VEC(top), &e->norm_b));
-    SD_TRY(sd_block_param(w, "encoder", "conv_out.weight", 4, CONV(L2, top, 3), &e->conv_out_w));
-    SD_TRY(sd_block_param(w, "encoder", "conv_out.bias", 1, VEC(L2), &e->conv_out_b));
-    return SD_OK;
+    SD_TRY(mid_declare(d, "encoder", top, c, &e->mid));
+    SD_TRY(sd_decl_norm(d, "encoder", "conv_norm_out", top, &e->norm_w, &e->norm_b));
+    return sd_decl_conv(d, "encoder", "conv_out", 2 * c->latent_channels, top, 3, &e->conv_out_w,
+                        &e->conv_out_b);
+}
+
+/* Every tensor of v (its config set), each with its slot in v: the decoder's, then the
+ * encoder's when with_encoder. */
+static sd_status vae_declare(sd_tensor_decls *d, sd_vae *v, int with_encoder) {
+    const sd_vae_config *c = &v->cfg;
+    int L = c->latent_channels;
+    SD_TRY(sd_decl_conv(d, "", "post_quant_conv", L, L, 1, &v->post_quant_w, &v->post_quant_b));
+    SD_TRY(decoder_declare(d, c, &v->dec));
+    if (!with_encoder)
+        return SD_OK;
+    SD_TRY(sd_decl_conv(d, "", "quant_conv", 2 * L, 2 * L, 1, &v->quant_w, &v->quant_b));
+    return encoder_declare(d, c, &v->enc);
 }
 
 static sd_status check_config(const sd_vae_config *c) {
@@ -213,6 +193,20 @@ static sd_status check_backend(const sd_backend *be) {
     return SD_OK;
 }
 
+sd_status sd_vae_tensors(const sd_vae_config *config, int with_encoder, sd_tensor_decls *out) {
+    if (!config || !out)
+        return sd_fail(SD_ERR_INVALID, "VAE: config and a list are required");
+    SD_TRY(check_config(config));
+    sd_vae *v = calloc(1, sizeof *v);
+    if (!v)
+        return sd_fail(SD_ERR_NOMEM, "cannot allocate the VAE");
+    v->cfg = *config;
+    sd_status s = vae_declare(out, v, with_encoder);
+    sd_decls_detach(out);
+    free(v);
+    return s;
+}
+
 sd_status sd_vae_create(const sd_vae_config *config, const sd_weights *weights, int with_encoder,
                         const sd_backend *be, sd_vae **out) {
     if (!out)
@@ -228,29 +222,23 @@ sd_status sd_vae_create(const sd_vae_config *config, const sd_weights *weights, 
     v->cfg = *config;
     v->be = be;
     sd_arena_init(&v->arena, be);
-    int L = config->latent_channels;
-    sd_status s;
-    CHECK(sd_block_param(weights, "", "post_quant_conv.weight", 4, CONV(L, L, 1), &v->post_quant_w));
-    CHECK(sd_block_param(weights, "", "post_quant_conv.bias", 1, VEC(L), &v->post_quant_b));
-    if (v->post_quant_w->device != be->device) {
+    sd_tensor_decls d;
+    sd_decls_init(&d);
+    sd_status s = vae_declare(&d, v, with_encoder);
+    if (s == SD_OK)
+        s = sd_decls_bind(&d, weights);
+    sd_decls_free(&d);
+    if (s == SD_OK && v->post_quant_w->device != be->device)
         s = sd_fail(SD_ERR_UNSUPPORTED,
                     "VAE: the weights are not on the %s backend's device; move them there first",
                     be->name);
-        goto done;
+    if (s != SD_OK) {
+        sd_vae_free(v);
+        return s;
     }
-    CHECK(load_decoder(weights, config, &v->dec));
-    if (with_encoder) {
-        CHECK(sd_block_param(weights, "", "quant_conv.weight", 4, CONV(2 * L, 2 * L, 1),
-                             &v->quant_w));
-        CHECK(sd_block_param(weights, "", "quant_conv.bias", 1, VEC(2 * L), &v->quant_b));
-        CHECK(load_encoder(weights, config, &v->enc));
-        v->has_encoder = 1;
-    }
+    v->has_encoder = with_encoder != 0;
     *out = v;
     return SD_OK;
-done:
-    sd_vae_free(v);
-    return s;
 }
 
 void sd_vae_free(sd_vae *v) {

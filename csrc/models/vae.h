@@ -13,6 +13,7 @@
 #define SDCORE_VAE_H
 
 #include "sdcore.h"
+#include "tensors.h"
 
 #define SD_VAE_MAX_BLOCKS 6
 
@@ -27,12 +28,18 @@ typedef struct {
 
 typedef struct sd_vae sd_vae;
 
-/* Find and shape-check the decoder's tensors (and the encoder's when `with_encoder`).
- * Attention projections may be Linear (C, C) or 1x1 conv (C, C, 1, 1), as old
- * single-file checkpoints store them. The model borrows the tensors. */
+/* Every tensor the model with this config reads (the decoder's, and the encoder's when
+ * `with_encoder`), appended to `out` (an initialised list, freed by the caller):
+ * AutoencoderKL's state-dict names and shapes. The mid attention's projections are
+ * declared (C, C) with SD_DECL_CONV1X1_OK. An invalid config is the error. */
+sd_status sd_vae_tensors(const sd_vae_config *config, int with_encoder, sd_tensor_decls *out);
+
 /* Compute in f16 or bf16 on a GPU (default f32); latents and images stay f32. */
 sd_status sd_vae_set_activation_dtype(sd_vae *v, sd_dtype dtype);
 sd_dtype sd_vae_activation_dtype(const sd_vae *v);
+/* Find and shape-check every tensor sd_vae_tensors lists. Attention projections may be
+ * Linear (C, C) or 1x1 conv (C, C, 1, 1), as old single-file checkpoints store them.
+ * The model borrows the tensors. */
 sd_status sd_vae_create(const sd_vae_config *config, const sd_weights *weights, int with_encoder,
                         const sd_backend *be, sd_vae **out);
 void sd_vae_free(sd_vae *v);

@@ -1,8 +1,8 @@
 /* Text to image: the sampling loop with classifier-free guidance, then the VAE decode.
  *
- * The text embeddings are computed beforehand (prompt weighting and chunking live in
- * Python, the encoder in C); this loop owns everything after that, so a whole
- * generation runs without the GIL. */
+ * The text embeddings are computed beforehand (by sdcore/prompt.py with prompt weighting,
+ * or by the C library's sd_generate for plain prompts, csrc/api/generate.c); this loop owns
+ * everything after that, so a whole generation runs without the GIL. */
 #ifndef SDCORE_TXT2IMG_H
 #define SDCORE_TXT2IMG_H
 
