@@ -70,7 +70,7 @@ class Limits:
     max_steps: int = 1000
     max_guidance: float = 50.0
     max_images: int = 16
-    max_seed: int = 2**63 - 1  # every seed s .. s + num_images - 1 fits an int64
+    max_seed: int = 2**64 - 1  # every seed s .. s + num_images - 1 (the engine's are uint64)
     max_prompt_chars: int = 20000
     max_prompt_chunks: int = 16  # 75-token chunks after BREAK: 1200 tokens
 

@@ -20,6 +20,9 @@ from service.scheduler import EmbeddingParams, Job, ModelSlot, Params, Scheduler
 
 log = logging.getLogger("service")
 
+# Seeds travel as int64 on the wire: every seed of a request must fit one.
+WIRE_MAX_SEED = 2**63 - 1
+
 
 class ServiceCore:
     def __init__(self, config, metrics):
@@ -113,6 +116,7 @@ class ServiceCore:
             max_steps=cfg.max_steps,
             max_images=cfg.max_images_per_request,
             max_prompt_chars=cfg.max_prompt_chars,
+            max_seed=WIRE_MAX_SEED,
         )
         try:
             r = slot.pipeline.resolve(dataclasses.replace(request, model=slot.name), limits)

@@ -65,18 +65,19 @@ def test_width_that_the_unet_cannot_take_is_refused_before_any_work(pipe):
     assert image.shape == (3 * m, 2 * m, 3)
 
 
-def test_seed_range_counts_every_image(pipe):
-    top = LIMITS.max_seed
-    assert top == 2**63 - 1
-    refused(pipe, "seed", seed=top, num_images=2)
-    refused(pipe, "seed", seed=top - 2, num_images=4)
-    refused(pipe, "seed", seed=-2)
-    assert pipe.resolve(GenerationRequest("x", seed=top - 1, num_images=2)).seeds == [
-        top - 1,
-        top,
-    ]
+@pytest.mark.parametrize("top", [LIMITS.max_seed, 2**63 - 1], ids=["engine", "int64"])
+def test_seed_range_counts_every_image(pipe, top):
+    # the engine's seeds are uint64 (as torch.Generator's); a server narrows them to int64
+    assert LIMITS.max_seed == 2**64 - 1
+    limits = LIMITS.narrowed(max_seed=top)
+    for seed, n in ((top, 2), (top - 2, 4), (-2, 1), (top + 1, 1)):
+        with pytest.raises(ValidationError, match="^seed: ") as e:
+            pipe.resolve(GenerationRequest("x", seed=seed, num_images=n), limits)
+        assert e.value.field == "seed"
+    r = pipe.resolve(GenerationRequest("x", seed=top - 1, num_images=2), limits)
+    assert r.seeds == [top - 1, top]
     with pytest.raises(ValidationError, match="^seed"):
-        pipe("x", seed=top, num_images=2, num_inference_steps=1)
+        pipe("x", seed=LIMITS.max_seed, num_images=2, num_inference_steps=1)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +99,7 @@ def test_seed_range_counts_every_image(pipe):
         ("guidance_scale", -0.5),
         ("guidance_scale", LIMITS.max_guidance + 1),
         ("guidance_scale", "7"),
-        ("seed", 2**63),
+        ("seed", 2**64),
         ("seed", "1"),
         ("sampler", "heun"),
         ("num_images", 0),
