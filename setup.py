@@ -7,6 +7,7 @@ SDCORE_CUDA_ARCH: nvcc -gencode targets, default sm_80 and sm_90 plus compute_90
 
 import concurrent.futures
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -91,9 +92,11 @@ class BuildExt(build_ext):
 
     def run(self):
         self.cuda = self.plan_cuda()
-        if self.cuda:
-            for ext in self.extensions:
+        for ext in self.extensions:
+            if self.cuda:
                 ext.define_macros.append(("SDCORE_WITH_CUDA", "1"))
+            else:  # `sdcore info` says why, as a C string literal in build_info()
+                ext.define_macros.append(("SDCORE_CUDA_NOT_BUILT", json.dumps(self.cuda_skipped)))
         super().run()
         if self.cuda:
             self.build_cuda_library()
@@ -101,6 +104,7 @@ class BuildExt(build_ext):
     def plan_cuda(self):
         mode = cuda_mode()
         if mode == "0":
+            self.cuda_skipped = "built with SDCORE_CUDA=0 (CPU only); rebuild with SDCORE_CUDA=1"
             log("CUDA disabled (SDCORE_CUDA=0): building the CPU backend only")
             return None
         nvcc = find_nvcc()
@@ -109,6 +113,17 @@ class BuildExt(build_ext):
             log(f"CUDA backend: nvcc {nvcc}, cuBLAS in {cublas[1]}")
             return {"nvcc": nvcc, "cublas": cublas}
         why = "nvcc not found" if not nvcc else "cuBLAS (cublas_v2.h, libcublas.so) not found"
+        if not nvcc:
+            self.cuda_skipped = (
+                "nvcc not found (CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda): install the CUDA "
+                "toolkit, then reinstall sdcore"
+            )
+        else:
+            self.cuda_skipped = (
+                f"nvcc found ({nvcc}) but not cuBLAS (cublas_v2.h and libcublas.so, in the "
+                "toolkit or the nvidia-cublas wheel): pip install nvidia-cublas, then reinstall "
+                "sdcore"
+            )
         if mode == "1":
             raise SystemExit(
                 f"SDCORE_CUDA=1 but {why}; install the CUDA toolkit or "

@@ -1,10 +1,10 @@
 """The page's only way to the engine: the sdcore.v1 gRPC API, through the generated stubs."""
 
-import dataclasses
 import pathlib
 
 import grpc
 
+from service.client import proto_request
 from service.gen import sdcore_service_pb2 as pb
 from service.gen import sdcore_service_pb2_grpc as pb_grpc
 
@@ -41,36 +41,6 @@ def _is_connection_failure(details):
     )
 
 
-@dataclasses.dataclass
-class Settings:
-    """One request as the page's controls set it. width/height/steps 0: the server's default."""
-
-    prompt: str
-    negative_prompt: str = ""
-    width: int = 0
-    height: int = 0
-    steps: int = 0
-    guidance_scale: float = 7.5
-    seed: int = -1  # -1: random, chosen by the server
-    sampler: str = ""
-    num_images: int = 1
-
-    def request(self, job_id, preview=True):
-        return pb.GenerateRequest(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            width=self.width,
-            height=self.height,
-            steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            seed=self.seed,
-            sampler=self.sampler,
-            num_images=self.num_images,
-            job_id=job_id,
-            preview=preview,
-        )
-
-
 class Backend:
     """A channel to one server. Blocking calls: Gradio runs each handler in its own thread."""
 
@@ -96,10 +66,13 @@ class Backend:
         )
         return list(reply.models)
 
-    def generate_stream(self, settings, job_id):
-        """GenerateStream's events: queued, progress (with a preview), then the result."""
+    def generate_stream(self, request, job_id):
+        """GenerateStream's events for a GenerationRequest: queued, progress (with a
+        preview), then the result. The server resolves and checks the request."""
         return self.stub.GenerateStream(
-            settings.request(job_id), timeout=self.timeout, metadata=self.metadata
+            proto_request(request, job_id=job_id, preview=True),
+            timeout=self.timeout,
+            metadata=self.metadata,
         )
 
     def cancel(self, job_id):

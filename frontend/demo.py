@@ -12,7 +12,8 @@ import uuid
 import grpc
 from PIL import Image
 
-from frontend.backend import Settings, describe_error
+from frontend.backend import describe_error
+from sdcore.request import GenerationRequest, ValidationError
 
 KEEP = object()  # an Update field left as it is on the page
 KEPT_RESULTS = 200  # job folders of PNGs kept for download; older ones are deleted
@@ -33,13 +34,14 @@ class Update:
 
 @dataclasses.dataclass
 class ModelDefaults:
-    """What the controls start at, from ListModels; the fallback when the server is down."""
+    """What the controls start at, from ListModels; the fallback when the server is down
+    (guidance None: the field starts empty and the server uses the model's own)."""
 
     width: int = 512
     height: int = 512
     samplers: tuple = ("euler_a", "euler", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "pndm", "lms")
     sampler: str = "euler_a"
-    guidance: float = 7.5
+    guidance: float | None = None
 
 
 class Demo:
@@ -82,21 +84,21 @@ class Demo:
             f"**Server** `{address}` ({state}, sdcore {s.version})"
         )
 
-    def generate(self, settings, session="", job_id=None):
-        """Yield Updates while the server works on `settings`; the last one is the outcome."""
+    def generate(self, request, session="", job_id=None):
+        """Yield Updates while the server works on `request`; the last one is the outcome."""
         job_id = job_id or f"demo-{uuid.uuid4().hex[:12]}"
         yield Update(progress="Sending the request...", preview=None, message="")
         with self._lock:
             self._jobs[session] = job_id
         call = None
         try:
-            call = self.backend.generate_stream(settings, job_id)
+            call = self.backend.generate_stream(request, job_id)
             for event in call:
                 kind = event.WhichOneof("event")
                 if kind == "queued":
                     yield Update(progress=_queued_text(event.queued.position))
                 elif kind == "progress":
-                    yield _progress_update(event.progress, settings)
+                    yield _progress_update(event.progress, request)
                 else:
                     yield self._result_update(event.result)
                     return
@@ -166,18 +168,20 @@ class Demo:
 def settings_from_controls(
     prompt, negative_prompt, width, height, steps, guidance_scale, seed, random_seed, sampler, count
 ):
-    """The controls' values as a request. Raises ValueError for what the page alone can tell."""
+    """The controls' values as a GenerationRequest (an empty control: the model's default);
+    the server resolves and checks it. Raises ValidationError for what the page alone can
+    tell: a number a control cannot hold."""
     if not random_seed and seed is None:
-        raise ValueError("seed: enter a number, or tick Random seed")
-    return Settings(
+        raise ValidationError("seed", "enter a number, or tick Random seed")
+    return GenerationRequest(
         prompt=prompt or "",
         negative_prompt=negative_prompt or "",
-        width=_whole(width, "width"),
-        height=_whole(height, "height"),
-        steps=_whole(steps, "steps"),
-        guidance_scale=float(guidance_scale if guidance_scale is not None else 7.5),
+        width=_whole(width, "width") or None,
+        height=_whole(height, "height") or None,
+        num_inference_steps=_whole(steps, "steps") or None,
+        guidance_scale=None if guidance_scale is None else float(guidance_scale),
         seed=-1 if random_seed else _whole(seed, "seed"),
-        sampler=sampler or "",
+        sampler=sampler or None,
         num_images=_whole(count, "number of images") or 1,
     )
 
@@ -188,7 +192,7 @@ def _whole(value, name):
         return 0
     number = float(value)
     if number != int(number):
-        raise ValueError(f"{name}: must be a whole number, not {value}")
+        raise ValidationError(name, f"must be a whole number, not {value}")
     return int(number)
 
 
@@ -201,11 +205,11 @@ def _queued_text(position):
 PREVIEW_SIDE = 256  # previews are at most 64 px a side; shown larger so that they can be seen
 
 
-def _progress_update(progress, settings):
+def _progress_update(progress, request):
     update = Update(progress=f"Step {progress.step} of {progress.total}")
     if progress.preview_png:
         preview = Image.open(io.BytesIO(progress.preview_png)).convert("RGB")
-        if _has_shape_of(preview, settings.width, settings.height):
+        if _has_shape_of(preview, request.width, request.height):
             scale = PREVIEW_SIDE / max(preview.size)
             size = (round(preview.width * scale), round(preview.height * scale))
             update.preview = preview.resize(size, Image.Resampling.BILINEAR)

@@ -97,8 +97,16 @@ def run(args):
     from frontend.app import CSS, build_app
     from frontend.backend import Backend
     from frontend.demo import Demo
+    from service.server import ListenError, bind_problem
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    problem = bind_problem(args.host, args.port)
+    if problem:  # before the model loads, not after
+        print(
+            f"sdcore demo: error: --port: cannot listen on {args.host}:{args.port}: {problem}",
+            file=sys.stderr,
+        )
+        return 2
     server = None
     if args.server:
         address = args.server
@@ -106,6 +114,9 @@ def run(args):
         print("sdcore demo: starting the gRPC server and loading the model...", file=sys.stderr)
         try:
             server = start_server(args)
+        except ListenError as e:
+            print(f"sdcore demo: error: --grpc-port: {e}", file=sys.stderr)
+            return 2
         except Exception as e:  # a config error or a model that cannot load: say which
             print(f"sdcore demo: cannot start the server: {e}", file=sys.stderr)
             return 1
@@ -124,6 +135,9 @@ def run(args):
             show_error=True,
             quiet=True,
         )
+    except OSError as e:  # the page's port was taken after the check above
+        print(f"sdcore demo: error: --port: {e}", file=sys.stderr)
+        return 2
     finally:
         demo.close()
         backend.close()

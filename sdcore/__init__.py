@@ -62,7 +62,12 @@ __all__ = [
     "cuda_available",
     "cuda_devices",
     "GeneratedImage",
+    "GenerationRequest",
+    "Limits",
+    "LIMITS",
+    "ModelRules",
     "Pipeline",
+    "ValidationError",
     "encode_prompt",
     "load_model",
     "tokenize",
@@ -74,6 +79,13 @@ __all__ = [
 from sdcore import ops, random, samplers  # noqa: E402
 from sdcore.checkpoint import Model, load_model  # noqa: E402
 from sdcore.pipeline import GeneratedImage, Pipeline  # noqa: E402
+from sdcore.request import (  # noqa: E402
+    LIMITS,
+    GenerationRequest,
+    Limits,
+    ModelRules,
+    ValidationError,
+)
 from sdcore.tokenizer import tokenize  # noqa: E402
 
 

@@ -11,16 +11,41 @@ def cmd_info(args):
     import sdcore
 
     available, reason = sdcore.cuda_available()
+    build = sdcore._C.build_info()
     info = {
         "version": sdcore.__version__,
-        "build": sdcore._C.build_info(),
+        "build": build,
         "cuda_available": available,
         "cuda_devices": sdcore.cuda_devices(),
     }
     if not available:
-        info["cuda_unavailable_because"] = reason
+        # a build without the backend says why it was left out and how to get it
+        info["cuda_unavailable_because"] = (
+            reason if build["cuda_built"] else build["cuda_not_built_because"]
+        )
     print(json.dumps(info, indent=2))
     return 0
+
+
+def check_output_path(output):
+    """None when PNGs can be written at `output`, else a one-line reason. Checked before any
+    work, so that a typo in the folder does not cost a model load and a generation."""
+    folder = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        return f"--output: {output} is a folder; give a file name such as {output}/out.png"
+    if not os.path.isdir(folder):
+        return f"--output: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--output: cannot write in {folder}"
+    return None
+
+
+def output_paths(output, count):
+    """The PNG paths of `count` images: `output` itself for one, NAME-i.EXT for several."""
+    if count == 1:
+        return [output]
+    base, ext = os.path.splitext(output)
+    return [f"{base}-{i}{ext or '.png'}" for i in range(count)]
 
 
 def cmd_generate(args):
@@ -28,24 +53,26 @@ def cmd_generate(args):
 
     import sdcore
     from sdcore.pipeline import Pipeline
-    from sdcore.samplers import SAMPLERS
+    from sdcore.request import GenerationRequest
 
-    if args.sampler not in SAMPLERS:
-        print(f"sdcore: --sampler must be one of {', '.join(SAMPLERS)}", file=sys.stderr)
+    problem = check_output_path(args.output)
+    if problem:
+        print(f"sdcore: {problem}", file=sys.stderr)
         return 2
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=args.width,
+        height=args.height,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        sampler=args.sampler,
+        num_images=args.num_images,
+    )
     try:
         pipe = Pipeline.from_pretrained(args.model, device=args.device)
-        pipe.validate(
-            prompt=args.prompt,
-            negative_prompt=args.negative,
-            num_inference_steps=args.steps,
-            guidance_scale=args.cfg,
-            width=args.width,
-            height=args.height,
-            seed=args.seed,
-            sampler=args.sampler,
-            num_images=args.num_images,
-        )
+        request = pipe.resolve(request)
     except (OSError, ValueError, sdcore.SdcoreError) as e:
         print(f"sdcore: {e}", file=sys.stderr)
         return 2
@@ -56,27 +83,14 @@ def cmd_generate(args):
         bar.update(step - bar.n)
 
     try:
-        images = pipe(
-            args.prompt,
-            negative_prompt=args.negative,
-            num_inference_steps=args.steps,
-            guidance_scale=args.cfg,
-            width=args.width,
-            height=args.height,
-            seed=args.seed,
-            sampler=args.sampler,
-            num_images=args.num_images,
-            callback=progress,
-        )
+        images = pipe.generate([request], callback=progress)
     except KeyboardInterrupt:
         bar.close()
         print("sdcore: interrupted", file=sys.stderr)
         return 130
     finally:
         bar.close()
-    base, ext = os.path.splitext(args.output)
-    for i, img in enumerate(images):
-        path = args.output if len(images) == 1 else f"{base}-{i}{ext or '.png'}"
+    for path, img in zip(output_paths(args.output, len(images)), images, strict=True):
         img.save(path)
         print(f"{path}  seed {img.seed}")
     return 0
@@ -123,6 +137,52 @@ def _add_service_commands(sub):
     p.set_defaults(func=cmd_demo)
 
 
+def add_request_arguments(parser):
+    """The flags of one generation request, spelt alike by `sdcore generate` and `sdcore
+    client generate`. Unset: the model's default (the server's, for the client)."""
+    from sdcore.pipeline import SHIPPED_MODEL_GUIDANCE
+    from sdcore.request import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+    from sdcore.samplers import SAMPLERS
+
+    parser.add_argument("prompt", help="what to draw; (word:1.2) and BREAK as in other front ends")
+    parser.add_argument("--negative-prompt", "--negative", default="", help="what not to draw")
+    parser.add_argument(
+        "--width", type=int, default=None, help="image width (default: the model's)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=None, help="image height (default: the model's)"
+    )
+    parser.add_argument(
+        "--steps",
+        "--num-inference-steps",
+        dest="steps",
+        type=int,
+        default=None,
+        help=f"denoising steps (default: {DEFAULT_STEPS})",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        "--cfg",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance scale (default: the model's: "
+        f"{SHIPPED_MODEL_GUIDANCE:g} for the shipped model, {DEFAULT_GUIDANCE:g} for others)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=-1,
+        help="seed of the first image; image i uses seed + i (-1: random)",
+    )
+    parser.add_argument(
+        "--sampler", default=None, choices=SAMPLERS, help=f"sampler (default: {DEFAULT_SAMPLER})"
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=1, help="how many images (seeds s, s+1, ...)"
+    )
+    return parser
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="sdcore", description="Stable Diffusion in C and CUDA")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,28 +191,16 @@ def build_parser():
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="one prompt to PNG files")
-    p.add_argument("prompt")
-    p.add_argument("-o", "--output", default="out.png", help="PNG path (-N added per image)")
+    add_request_arguments(p)
+    p.add_argument(
+        "-o", "--output", default="out.png", help="PNG path; with several images NAME-0.png, ..."
+    )
     p.add_argument(
         "--model",
         default=None,
         help="diffusers folder or .safetensors file (default: the model shipped with sdcore)",
     )
-    p.add_argument("--negative", default=None, help="negative prompt")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument(
-        "--cfg",
-        type=float,
-        default=None,
-        help="classifier-free guidance scale (default: the model's: 5 for the shipped model, "
-        "7.5 for others)",
-    )
-    p.add_argument("--seed", type=int, default=-1, help="-1: random")
-    p.add_argument("--sampler", default="euler_a")
-    p.add_argument("--width", type=int, default=None, help="default: the model's size")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--num-images", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     p.set_defaults(func=cmd_generate)
     _add_service_commands(sub)
     return parser

@@ -10,6 +10,7 @@ alone from the seed its PNG records. The noise of one image is what
 diffusers does on the CPU.
 """
 
+import dataclasses
 import json
 import os
 import threading
@@ -20,18 +21,25 @@ from sdcore import _C, __version__
 from sdcore import params as P
 from sdcore.checkpoint import load_model
 from sdcore.devices import compute_dtype, place_weights, require_cuda
-from sdcore.prompt import chunk_count, encode_prompt
+from sdcore.prompt import checked_chunk_count, chunk_count, encode_prompt
+from sdcore.request import (
+    DEFAULT_GUIDANCE,
+    LIMITS,
+    GenerationRequest,
+    ModelRules,
+    ValidationError,
+    check_guidance,
+)
 from sdcore.samplers import SAMPLERS
 from sdcore.text_encoder import TextEncoder
 from sdcore.tokenizer import ClipTokenizer
 from sdcore.vae import VAE
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "models", "default")
-# Guidance when a call names none: the usual 7.5, unless the model folder's sdcore.json
-# names its own (the C library reads the same file). The shipped model's says 5, the value
-# tools/eval_default_model.py scores it at (at 7.5 its colours saturate: held-out colour
-# accuracy 88% instead of 100%).
-GUIDANCE = 7.5
+# Guidance when a call names none: the usual DEFAULT_GUIDANCE of sdcore.request, unless the
+# model folder's sdcore.json names its own (the C library reads the same file). The shipped
+# model's says 5, the value tools/eval_default_model.py scores it at (at 7.5 its colours
+# saturate: held-out colour accuracy 88% instead of 100%).
 
 
 def model_defaults(folder):
@@ -50,11 +58,14 @@ def model_defaults(folder):
         out["name"] = name
     g = data.get("guidance_scale") if isinstance(data, dict) else None
     if g is not None:
-        out["guidance_scale"] = P.check_guidance(g, f"{path}: guidance_scale")
+        try:
+            out["guidance_scale"] = check_guidance(g)
+        except ValidationError as e:
+            raise ValueError(f"{path}: guidance_scale: {e.detail}") from None
     return out
 
 
-SHIPPED_MODEL_GUIDANCE = model_defaults(DEFAULT_MODEL).get("guidance_scale", GUIDANCE)
+SHIPPED_MODEL_GUIDANCE = model_defaults(DEFAULT_MODEL).get("guidance_scale", DEFAULT_GUIDANCE)
 
 
 class GeneratedImage(np.ndarray):
@@ -124,7 +135,7 @@ class GeneratedImage(np.ndarray):
 def _as_list(value, n, field):
     if isinstance(value, (list, tuple)):
         if len(value) != n:
-            raise ValueError(f"{field}: has {len(value)} entries for {n} prompts")
+            raise ValidationError(field, f"has {len(value)} entries for {n} prompts")
         return list(value)
     return [value] * n
 
@@ -164,14 +175,47 @@ class Pipeline:
         self._scheduler = _C.SchedulerConfig(model.scheduler_config)
         self.samplers = list(SAMPLERS)
         self.latent_channels = int(model.unet.config.get("in_channels", 4))
-        # the size the model was trained at, within the sizes a request may ask for
-        size = int(model.unet.config.get("sample_size", 64)) * self.vae.factor
-        size = min(P.MAX_SIZE, max(P.MIN_SIZE, size // 8 * 8))
-        self.default_size = (size, size)
         self.is_default_model = bool(getattr(model, "is_default", False))
         self.random_weights = bool(getattr(model, "random_weights", False))
-        self.default_guidance = GUIDANCE  # what guidance_scale=None means
+        self.rules = self._model_rules(model, guidance_scale=None)
         self._lock = threading.Lock()
+
+    def _model_rules(self, model, guidance_scale):
+        """The model's ModelRules: its native size, the multiple its UNet needs, its
+        tokenizer's chunk count, its scheduler's number of training timesteps."""
+        levels = len(model.unet.config.get("block_out_channels", (320, 640, 1280, 1280)))
+        # each UNet level but the last halves the latent: its sides must divide by 2**(levels-1)
+        latent_multiple = 2 ** (levels - 1)
+        multiple = latent_multiple * self.vae.factor
+        # the size the model was trained at, within the sizes a request may ask for
+        size = int(model.unet.config.get("sample_size", 64)) * self.vae.factor
+        low = -(-LIMITS.min_size // multiple) * multiple
+        size = min(LIMITS.max_size // multiple * multiple, max(low, size // multiple * multiple))
+        rules = ModelRules(
+            name=self.name,
+            width=size,
+            height=size,
+            size_multiple=multiple,
+            prompt_chunks=lambda text: checked_chunk_count(self.tokenizer, text),
+            num_train_timesteps=int(self.scheduler_config.get("num_train_timesteps") or 1000),
+            size_reason=(
+                f"the UNet's {levels} levels need latent sides that are multiples of "
+                f"{latent_multiple}, and a latent pixel is {self.vae.factor} pixels"
+            ),
+        )
+        if guidance_scale is not None:
+            rules = dataclasses.replace(rules, guidance_scale=guidance_scale)
+        return rules
+
+    @property
+    def default_size(self):
+        """(width, height) of a request that names none."""
+        return (self.rules.width, self.rules.height)
+
+    @property
+    def default_guidance(self):
+        """guidance_scale of a request that names none."""
+        return self.rules.guidance_scale
 
     @classmethod
     def from_pretrained(cls, path=None, device="cpu", dtype=None):
@@ -189,66 +233,25 @@ class Pipeline:
         defaults = model_defaults(path) if os.path.isdir(path) else {}
         model.name = defaults.get("name", model.name)
         pipe = cls(model, device=device, dtype=dtype)
-        pipe.default_guidance = defaults.get("guidance_scale", GUIDANCE)
+        guidance = defaults.get("guidance_scale")
+        if guidance is not None:
+            pipe.rules = dataclasses.replace(pipe.rules, guidance_scale=guidance)
         return pipe
 
     # ---------------------------------------------------------------- checks --
 
-    def validate(
-        self,
-        prompt="",
-        negative_prompt=None,
-        num_inference_steps=20,
-        guidance_scale=None,
-        width=None,
-        height=None,
-        seed=None,
-        sampler="euler_a",
-        num_images=1,
-    ):
-        """Check every field; raise ValueError naming the first bad one. Returns the
-        normalised values."""
-        prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt]
-        if not prompts:
-            raise ValueError("prompt: no prompt given")
-        n = len(prompts)
-        prompts = [P.check_prompt(p) for p in prompts]
-        negatives = [
-            P.check_prompt(x or "", "negative_prompt")
-            for x in _as_list(negative_prompt, n, "negative_prompt")
-        ]
-        if guidance_scale is None:
-            guidance_scale = self.default_guidance
-        guidance = [P.check_guidance(g) for g in _as_list(guidance_scale, n, "guidance_scale")]
-        seeds = [P.check_seed(s) for s in _as_list(seed, n, "seed")]
-        width = P.check_size(self.default_size[0] if width is None else width, "width")
-        height = P.check_size(self.default_size[1] if height is None else height, "height")
-        steps = P.check_steps(num_inference_steps)
-        sampler = P.check_sampler(sampler)
-        num_images = P.check_num_images(num_images)
-        for s in seeds:
-            if s + num_images - 1 >= 2**64:
-                raise ValueError("seed: seed + num_images - 1 must stay below 2**64")
-        return dict(
-            prompts=prompts,
-            negatives=negatives,
-            guidance=guidance,
-            seeds=seeds,
-            width=width,
-            height=height,
-            steps=steps,
-            sampler=sampler,
-            num_images=num_images,
-        )
+    def resolve(self, request, limits=None):
+        """`request` (a GenerationRequest) completed from this model's defaults and checked
+        against its rules; ValidationError names the first bad field."""
+        return request.resolve(self, limits)
 
     # ------------------------------------------------------------- generating --
 
-    def encode_prompt(self, text, min_chunks=1, clip_skip=1):
-        """The CLIP conditioning of a prompt: float32 (1, 77 * k, hidden)."""
-        P.check_prompt(text)
-        return encode_prompt(
-            self.text_encoder, self.tokenizer, text, clip_skip=clip_skip, min_chunks=min_chunks
-        )
+    def encode_prompt(self, text, clip_skip=1):
+        """The CLIP conditioning of a prompt: float32 (1, 77 * k, hidden). The text is
+        checked as a request's prompt is (ValidationError on prompt)."""
+        text = self.resolve(GenerationRequest(prompt=text)).prompt
+        return encode_prompt(self.text_encoder, self.tokenizer, text, clip_skip=clip_skip)
 
     def latents_to_rgb(self, latents):
         """A quick preview of the sampler's latents (N, C, h, w): uint8 (N, H, W, 3) at the
@@ -296,44 +299,75 @@ class Pipeline:
         self,
         prompt,
         negative_prompt=None,
-        num_inference_steps=20,
+        num_inference_steps=None,
         guidance_scale=None,
         width=None,
         height=None,
         seed=None,
-        sampler="euler_a",
+        sampler=None,
         num_images=1,
         callback=None,
         should_stop=None,
     ):
         """Generate. `prompt` may be a list (one batch; negative_prompt, guidance_scale and
-        seed may then be lists too). Returns a list of GeneratedImage, num_images per
-        prompt, in order. callback(step, total, latents) runs after every step;
-        should_stop() is polled every step and stops the run with CancelledError."""
-        v = self.validate(
-            prompt,
-            negative_prompt,
-            num_inference_steps,
-            guidance_scale,
-            width,
-            height,
-            seed,
-            sampler,
-            num_images,
+        seed may then be lists too). None: the model's default. Returns a list of
+        GeneratedImage, num_images per prompt, in order. callback(step, total, latents)
+        runs after every step; should_stop() is polled every step and stops the run with
+        CancelledError."""
+        prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt]
+        if not prompts:
+            raise ValidationError("prompt", "no prompt given")
+        n = len(prompts)
+        requests = [
+            self.resolve(
+                GenerationRequest(
+                    prompt=p,
+                    negative_prompt=neg or "",
+                    width=width,
+                    height=height,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=g,
+                    seed=s,
+                    sampler=sampler,
+                    num_images=num_images,
+                )
+            )
+            for p, neg, g, s in zip(
+                prompts,
+                _as_list(negative_prompt, n, "negative_prompt"),
+                _as_list(guidance_scale, n, "guidance_scale"),
+                _as_list(seed, n, "seed"),
+                strict=True,
+            )
+        ]
+        return self.generate(requests, callback=callback, should_stop=should_stop)
+
+    def generate(self, requests, callback=None, should_stop=None):
+        """Run resolved GenerationRequests (from resolve) as one batch: they must share
+        width, height, num_inference_steps and sampler. Returns their images in order,
+        num_images each."""
+        first = requests[0]
+        batch_key = (first.width, first.height, first.num_inference_steps, first.sampler)
+        for r in requests:
+            if r.model != self.name or r.seed is None:
+                raise ValueError("generate: requests must come from this pipeline's resolve()")
+            if (r.width, r.height, r.num_inference_steps, r.sampler) != batch_key:
+                raise ValueError(
+                    "generate: one batch needs one width, height, num_inference_steps and sampler"
+                )
+        k = max(
+            chunk_count(self.tokenizer, t) for r in requests for t in (r.prompt, r.negative_prompt)
         )
-        k = max(chunk_count(self.tokenizer, t) for t in v["prompts"] + v["negatives"])
         conds, unconds, guidance, seeds, meta = [], [], [], [], []
-        for p, neg, g, s in zip(
-            v["prompts"], v["negatives"], v["guidance"], v["seeds"], strict=True
-        ):
-            c = self.encode_prompt(p, min_chunks=k)
-            u = self.encode_prompt(neg, min_chunks=k)
-            for i in range(v["num_images"]):
+        for r in requests:
+            c = encode_prompt(self.text_encoder, self.tokenizer, r.prompt, min_chunks=k)
+            u = encode_prompt(self.text_encoder, self.tokenizer, r.negative_prompt, min_chunks=k)
+            for s in r.seeds:
                 conds.append(c)
                 unconds.append(u)
-                guidance.append(g)
-                seeds.append(s + i)
-                meta.append((p, neg, s + i, g))
+                guidance.append(r.guidance_scale)
+                seeds.append(s)
+                meta.append((r.prompt, r.negative_prompt, s, r.guidance_scale))
 
         last = {}
 
@@ -354,10 +388,10 @@ class Pipeline:
                 np.concatenate(unconds),
                 np.asarray(guidance, np.float32),
                 np.asarray(seeds, np.uint64),
-                v["width"],
-                v["height"],
-                v["steps"],
-                v["sampler"],
+                first.width,
+                first.height,
+                first.num_inference_steps,
+                first.sampler,
                 self._scheduler,
                 self.vae_scaling_factor,
                 self.vae.factor,
@@ -367,7 +401,8 @@ class Pipeline:
             )
         if "latents" in last:
             self._refit_preview_map(last["latents"], pixels)
+        steps, sampler = first.num_inference_steps, first.sampler
         return [
-            GeneratedImage(pixels[i], p, neg, s, v["steps"], v["sampler"], g, self.name)
+            GeneratedImage(pixels[i], p, neg, s, steps, sampler, g, self.name)
             for i, (p, neg, s, g) in enumerate(meta)
         ]

@@ -13,6 +13,14 @@ Emphasis:
   ``BREAK`` (upper case, as a word) ends the current 75-token chunk early, inside
   brackets too.
 
+Bounds of a request's prompt (check_emphasis, which sdcore.request applies): brackets nest
+at most MAX_EMPHASIS_DEPTH (100) deep, and a fragment's weight (the product of its groups'
+factors) is at most MAX_EMPHASIS_WEIGHT (100) in magnitude. A prompt beyond either is
+refused with ValidationError on the prompt rather than clamped: about 1000 nested brackets
+weigh 1.1 ** 1000, past float32, and quietly lowering a weight would draw something other
+than what was written. (48 nested ``(`` already weigh 1.1 ** 48 = 97.) parse_weights itself
+never raises on any text.
+
 Long prompts: the tokens (without BOS/EOS) are cut into chunks of 75; each chunk becomes
 BOS + its tokens + EOS, padded with the pad id to 77 ids (for SD 1.x the pad id is EOS),
 and is encoded alone; the chunks' embeddings are
@@ -31,7 +39,11 @@ import re
 
 import numpy as np
 
+from sdcore.request import ValidationError
+
 CHUNK = 75
+MAX_EMPHASIS_DEPTH = 100
+MAX_EMPHASIS_WEIGHT = 100.0
 ROUND, SQUARE = 1.1, 1 / 1.1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 BREAK = "BREAK"
@@ -169,3 +181,38 @@ def encode_prompt(text_encoder, tokenizer, text, clip_skip=1, min_chunks=1):
 def chunk_count(tokenizer, text):
     """How many 77-token chunks `text` needs."""
     return len(tokenize_weighted(tokenizer, text))
+
+
+def check_emphasis(text):
+    """Raise ValidationError on the prompt when its brackets nest deeper than
+    MAX_EMPHASIS_DEPTH or a fragment weighs more than MAX_EMPHASIS_WEIGHT either way."""
+    rounds = squares = 0
+    for m in _TOKEN.finditer(text):
+        piece = m.group(0)
+        if piece in ("(", "["):
+            if rounds + squares == MAX_EMPHASIS_DEPTH:
+                raise ValidationError(
+                    "prompt", f"brackets nest more than {MAX_EMPHASIS_DEPTH} deep"
+                )
+            if piece == "(":
+                rounds += 1
+            else:
+                squares += 1
+        elif (piece == ")" or m.group(1) is not None) and rounds:
+            rounds -= 1
+        elif piece == "]" and squares:
+            squares -= 1
+    for fragment, weight in parse_weights(text):
+        if not _is_break(fragment, weight) and fragment.strip():
+            if not abs(weight) <= MAX_EMPHASIS_WEIGHT:
+                raise ValidationError(
+                    "prompt",
+                    f"emphasis weight {weight:g} of {fragment[:32]!r} is beyond "
+                    f"+-{MAX_EMPHASIS_WEIGHT:g}",
+                )
+
+
+def checked_chunk_count(tokenizer, text):
+    """chunk_count after check_emphasis: what a request's prompt is measured by."""
+    check_emphasis(text)
+    return chunk_count(tokenizer, text)

@@ -14,9 +14,15 @@ name                    diffusers scheduler
 ======================  =====================================================================
 
 ``Sampler(name, num_steps, config=None, device="cpu")`` takes a scheduler config dict as a
-model's ``scheduler/scheduler_config.json`` holds it (SD 1.5's when None). Each scheduler
-class keeps its own default ``timestep_spacing`` when the config has none, as diffusers'
-``from_config`` does: ``leading`` for ddim and pndm, ``linspace`` for the others. Read keys:
+model's ``scheduler/scheduler_config.json`` holds it (SD 1.5's when None). A key the dict
+leaves out takes the default of the diffusers class the sampler mirrors, as diffusers'
+``from_config`` gives it: betas 0.0001 .. 0.02 ``linear``, ``steps_offset`` 0,
+``prediction_type`` epsilon; ``timestep_spacing`` ``leading`` for ddim and pndm, ``linspace``
+for the others; for ddim ``clip_sample`` and ``set_alpha_to_one`` true (not SD 1.5's false);
+``use_karras_sigmas`` false, ``final_sigmas_type`` zero, ``lower_order_final`` true. A key
+is read only by the samplers whose class has it (``clip_sample`` by ddim alone), as
+``from_config`` ignores the others. pndm never runs PNDM's Runge-Kutta warm-up (SD 1.5's
+``skip_prk_steps=True``); a config with ``skip_prk_steps`` false is refused. Read keys:
 ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule`` (``scaled_linear``
 or ``linear``), ``trained_betas``, ``prediction_type`` (``epsilon`` or ``v_prediction``),
 ``steps_offset``, ``timestep_spacing``, ``clip_sample`` and ``clip_sample_range`` (ddim),

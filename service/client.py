@@ -8,6 +8,8 @@ import sys
 
 import grpc
 
+from sdcore.cli import add_request_arguments, check_output_path, output_paths
+from sdcore.request import GenerationRequest
 from service import DEFAULT_PORT
 from service.gen import sdcore_service_pb2 as pb
 from service.gen import sdcore_service_pb2_grpc as pb_grpc
@@ -27,7 +29,7 @@ def add_arguments(parser):
     common.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
 
     g = sub.add_parser("generate", parents=[common], help="generate images and save them as PNG")
-    g.add_argument("prompt")
+    add_request_arguments(g)
     g.add_argument(
         "-o",
         "--output",
@@ -35,15 +37,7 @@ def add_arguments(parser):
         help="PNG path; with several images, NAME-0.png, NAME-1.png, ...",
     )
     g.add_argument("--stream", action="store_true", help="use GenerateStream and show progress")
-    g.add_argument("--negative-prompt", default="")
-    g.add_argument("--width", type=int, default=0, help="0 = the model's default")
-    g.add_argument("--height", type=int, default=0, help="0 = the model's default")
-    g.add_argument("--steps", type=int, default=0, help="0 = the server's default")
-    g.add_argument("--guidance-scale", type=float, default=None)
-    g.add_argument("--seed", type=int, default=-1, help="-1 = random")
-    g.add_argument("--sampler", default="")
-    g.add_argument("--num-images", type=int, default=1)
-    g.add_argument("--model", default="")
+    g.add_argument("--model", default="", help="a model the server has (default: its default)")
     g.add_argument("--job-id", default="", help="an id to Cancel the job by")
     g.set_defaults(client_func=cmd_generate)
 
@@ -64,29 +58,44 @@ def _metadata(args):
     return (("x-api-key", args.api_key),) if args.api_key else None
 
 
-def output_paths(output, count):
-    path = pathlib.Path(output)
-    if count == 1:
-        return [path]
-    return [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(count)]
+def proto_request(request, job_id="", preview=False):
+    """A GenerationRequest as the wire's GenerateRequest (None: 0, "" or unset, the
+    server's default)."""
+    message = pb.GenerateRequest(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or "",
+        width=request.width or 0,
+        height=request.height or 0,
+        steps=request.num_inference_steps or 0,
+        sampler=request.sampler or "",
+        num_images=request.num_images,
+        model=request.model or "",
+        job_id=job_id,
+        preview=preview,
+    )
+    if request.guidance_scale is not None:
+        message.guidance_scale = request.guidance_scale
+    if request.seed is not None:
+        message.seed = request.seed
+    return message
 
 
 def _request(args):
-    request = pb.GenerateRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        width=args.width,
-        height=args.height,
-        steps=args.steps,
-        seed=args.seed,
-        sampler=args.sampler,
-        num_images=args.num_images,
-        model=args.model,
+    return proto_request(
+        GenerationRequest(
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            width=args.width,
+            height=args.height,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            sampler=args.sampler,
+            num_images=args.num_images,
+            model=args.model,
+        ),
         job_id=args.job_id,
     )
-    if args.guidance_scale is not None:
-        request.guidance_scale = args.guidance_scale
-    return request
 
 
 def _generate_stream(stub, request, args):
@@ -114,6 +123,10 @@ def _generate_stream(stub, request, args):
 
 
 def cmd_generate(args):
+    problem = check_output_path(args.output)
+    if problem:
+        print(f"sdcore client: {problem}", file=sys.stderr)
+        return 2
     with _channel(args) as channel:
         stub = pb_grpc.SdcoreStub(channel)
         request = _request(args)
@@ -128,8 +141,7 @@ def cmd_generate(args):
             return 1
     paths = output_paths(args.output, len(result.images))
     for path, image in zip(paths, result.images, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(image.png)
+        pathlib.Path(path).write_bytes(image.png)
         print(f"{path}  seed {image.seed}  {image.width}x{image.height}")
     t = result.timings
     print(

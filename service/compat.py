@@ -1,9 +1,9 @@
 """Compatibility services, so that clients written for other text-to-image gRPC servers work
-unchanged against this one. Each maps its request onto the same queue as sdcore.v1."""
-
-import grpc
+unchanged against this one. Each maps its request onto the same queue as sdcore.v1.
+ImageService is also served as img_service.ImageService (proto/img_service.proto)."""
 
 import sdcore
+from sdcore.request import GenerationRequest
 from service.core import memory_bytes, rpc_method
 from service.gen import (
     gpu_service_pb2,
@@ -23,7 +23,7 @@ class GpuServicer(gpu_service_pb2_grpc.GpuServiceServicer):
 
     @rpc_method("gpu.GpuService/Prompt")
     async def Prompt(self, request, context):
-        params = self.core.params(prompt=request.prompt)
+        params = self.core.params(GenerationRequest(prompt=request.prompt))
         _job, images = await self.core.generate(params, context)
         return gpu_service_pb2.PromptReply(image=images[0].png, status="completed")
 
@@ -38,7 +38,10 @@ class ImageServicer(image_service_pb2_grpc.ImageServiceServicer):
     @rpc_method("ImageService/GenerateImage")
     async def GenerateImage(self, request, context):
         params = self.core.params(
-            prompt=request.positive_prompt, negative_prompt=request.negative_prompt
+            GenerationRequest(
+                prompt=request.positive_prompt, negative_prompt=request.negative_prompt
+            ),
+            {"prompt": "positive_prompt"},
         )
         job, images = await self.core.generate(params, context)
         return image_service_pb2.ImageResponse(
@@ -56,14 +59,17 @@ class Text2ImageServicer(text2image_pb2_grpc.Text2ImageServiceServicer):
 
     @rpc_method("text2image.Text2ImageService/GenerateImage")
     async def GenerateImage(self, request, context):
+        # 0 (and a seed of -1) mean "the default", as this service's clients expect
         params = self.core.params(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            width=request.width,
-            height=request.height,
-            steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale or None,
-            seed=request.seed,
+            GenerationRequest(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                width=request.width or None,
+                height=request.height or None,
+                num_inference_steps=request.num_inference_steps or None,
+                guidance_scale=request.guidance_scale or None,
+                seed=request.seed,
+            )
         )
         job, images = await self.core.generate(params, context)
         return text2image_pb2.GenerateImageResponse(
@@ -96,19 +102,3 @@ class Text2ImageServicer(text2image_pb2_grpc.Text2ImageServiceServicer):
             jobs_in_flight=core.scheduler.in_flight(),
             uptime_seconds=core.uptime(),
         )
-
-
-def image_service_alias_handler(servicer):
-    """The same ImageService answered under the name img_service.ImageService, for clients whose
-    copy of the proto declares that package (the messages are identical on the wire)."""
-    handler = grpc.method_handlers_generic_handler(
-        "img_service.ImageService",
-        {
-            "GenerateImage": grpc.unary_unary_rpc_method_handler(
-                servicer.GenerateImage,
-                request_deserializer=image_service_pb2.ImageRequest.FromString,
-                response_serializer=image_service_pb2.ImageResponse.SerializeToString,
-            )
-        },
-    )
-    return handler

@@ -3,31 +3,25 @@ wrapper that turns service errors into gRPC status codes, counts RPCs and logs t
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import hashlib
 import logging
-import math
 import resource
-import secrets
 import time
 
 import grpc
 
 import sdcore
+from sdcore.request import LIMITS, ValidationError
 from service.auth import API_KEY_HEADER
-from service.errors import InvalidArgument, ServiceError, Unavailable
+from service.errors import InvalidArgument, ServiceError, Unavailable, quoted
 from service.scheduler import EmbeddingParams, Job, ModelSlot, Params, Scheduler
 
 log = logging.getLogger("service")
 
-DEFAULT_GUIDANCE = 7.5
-DEFAULT_SAMPLER = "euler_a"
-# Seeds the server picks itself: small enough that seed + i never overflows int64.
-RANDOM_SEED_LIMIT = 2**32
-MAX_SEED = 2**63 - 1
-
-# The engine's validate() names its own arguments; requests name some of them differently.
-_ENGINE_FIELDS = {"num_inference_steps": "steps"}
+# Seeds travel as int64 on the wire: every seed of a request must fit one.
+WIRE_MAX_SEED = 2**63 - 1
 
 
 class ServiceCore:
@@ -101,82 +95,43 @@ class ServiceCore:
 
     # -- requests -------------------------------------------------------------------------
 
-    def params(
-        self,
-        *,
-        prompt,
-        negative_prompt="",
-        width=0,
-        height=0,
-        steps=0,
-        guidance_scale=None,
-        seed=None,
-        sampler="",
-        num_images=0,
-        model="",
-    ):
-        """Check every field and fill in defaults; InvalidArgument names the first bad field."""
+    def params(self, request, field_names=None):
+        """Resolve a GenerationRequest (None fields: defaults) against its model, within the
+        request limits narrowed by this server's configuration; a bad field is
+        InvalidArgument, named as the client spelt it (`field_names` maps request names to
+        wire names)."""
         cfg = self.config
-        for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if len(text) > cfg.max_prompt_chars:
+        names = field_names or {}
+        slot = self.slot()  # UNAVAILABLE while loading
+        if request.model:
+            slot = self.slots.get(request.model)
+            if slot is None:
                 raise InvalidArgument(
-                    f"{field}: {len(text)} characters; at most {cfg.max_prompt_chars}"
+                    f"{names.get('model', 'model')}: unknown model {quoted(request.model)}; "
+                    f"this server has {sorted(self.slots)}"
                 )
-        slot = self.slot(model)
-        pipe = slot.pipeline
-        default_w, default_h = pipe.default_size
-        for field, value in (("width", width), ("height", height)):
-            if value < 0:
-                raise InvalidArgument(f"{field}: {value} is negative (0 = the model's default)")
-        width = width or default_w
-        height = height or default_h
-        if steps < 0 or steps > cfg.max_steps:
-            raise InvalidArgument(f"steps: {steps} is not between 1 and {cfg.max_steps}")
-        steps = steps or cfg.default_steps
-        if guidance_scale is None:
-            guidance_scale = getattr(pipe, "default_guidance", DEFAULT_GUIDANCE)
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise InvalidArgument(f"guidance_scale: {guidance_scale} is not a finite number >= 0")
-        if seed is None or seed == -1:
-            seed = secrets.randbelow(RANDOM_SEED_LIMIT)
-        elif not 0 <= seed <= MAX_SEED:
-            raise InvalidArgument(f"seed: {seed} is not -1 (random) or between 0 and {MAX_SEED}")
-        sampler = sampler or DEFAULT_SAMPLER
-        if sampler not in pipe.samplers:
-            raise InvalidArgument(f"sampler: unknown sampler {sampler!r}; one of {pipe.samplers}")
-        if num_images < 0 or num_images > cfg.max_images_per_request:
-            raise InvalidArgument(
-                f"num_images: {num_images} is not between 1 and {cfg.max_images_per_request}"
-            )
-        num_images = num_images or 1
+        if request.num_inference_steps is None:
+            request = dataclasses.replace(request, num_inference_steps=cfg.default_steps)
+        limits = LIMITS.narrowed(
+            max_steps=cfg.max_steps,
+            max_images=cfg.max_images_per_request,
+            max_prompt_chars=cfg.max_prompt_chars,
+            max_seed=WIRE_MAX_SEED,
+        )
         try:
-            pipe.validate(
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                width=width,
-                height=height,
-                seed=seed,
-                sampler=sampler,
-                num_images=num_images,
-            )
-        except ValueError as e:
-            message = str(e)
-            for engine_name, field in _ENGINE_FIELDS.items():
-                if message.startswith(engine_name):
-                    message = field + message[len(engine_name) :]
-            raise InvalidArgument(message) from None
+            r = slot.pipeline.resolve(dataclasses.replace(request, model=slot.name), limits)
+        except ValidationError as e:
+            raise InvalidArgument(f"{names.get(e.field, e.field)}: {e.detail}") from None
         return Params(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            width=width,
-            height=height,
-            steps=steps,
-            guidance_scale=float(guidance_scale),
-            seed=int(seed),
-            sampler=sampler,
-            num_images=num_images,
+            prompt=r.prompt,
+            negative_prompt=r.negative_prompt,
+            width=r.width,
+            height=r.height,
+            steps=r.num_inference_steps,
+            guidance_scale=r.guidance_scale,
+            seed=r.seed,
+            sampler=r.sampler,
+            num_images=r.num_images,
             model=slot.name,
         )
 

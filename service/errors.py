@@ -2,15 +2,17 @@
 
 import grpc
 
-# How much of a value a client sent is quoted back in an error message or a log line.
-QUOTE_LIMIT = 64
+from sdcore.request import ECHO_CHARS, echo
+
+# How much of a value a client sent is quoted back in an error message or a log line: the
+# request layer's rule (sdcore.request.echo), so that the engine and the service quote alike.
+QUOTE_LIMIT = ECHO_CHARS
 
 
 def quoted(value, limit=QUOTE_LIMIT):
     """repr() of a client's value, cut to `limit` characters: a 10 MB job id must not become a
     10 MB error message (larger than a client accepts as metadata) or log line."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+    return echo(value, limit)
 
 
 class ServiceError(Exception):

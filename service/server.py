@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 
 import grpc
@@ -15,18 +16,15 @@ from grpc_reflection.v1alpha import reflection
 from service import config as config_mod
 from service import logs
 from service.auth import ApiKeyInterceptor
-from service.compat import (
-    GpuServicer,
-    ImageServicer,
-    Text2ImageServicer,
-    image_service_alias_handler,
-)
+from service.compat import GpuServicer, ImageServicer, Text2ImageServicer
 from service.core import ServiceCore
 from service.gen import (
     gpu_service_pb2,
     gpu_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
+    img_service_pb2,
+    img_service_pb2_grpc,
     sdcore_service_pb2,
     sdcore_service_pb2_grpc,
     text2image_pb2,
@@ -45,8 +43,29 @@ SERVICE_NAMES = (
     sdcore_service_pb2.DESCRIPTOR.services_by_name["Sdcore"].full_name,
     gpu_service_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name,
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+    # the same ImageService under the package name some clients' copy of the proto declares
+    img_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
     text2image_pb2.DESCRIPTOR.services_by_name["Text2ImageService"].full_name,
 )
+
+
+def bind_problem(host, port):
+    """Why (host, port) cannot be listened on, or None; port 0 (any free one) always can."""
+    if not port:
+        return None
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+            s.bind((host, port))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+class ListenError(OSError):
+    """The server cannot bind its address (most often: another process has the port)."""
 
 
 class SdcoreServer:
@@ -86,7 +105,7 @@ class SdcoreServer:
         gpu_service_pb2_grpc.add_GpuServiceServicer_to_server(GpuServicer(core), self.server)
         image_servicer = ImageServicer(core)
         image_service_pb2_grpc.add_ImageServiceServicer_to_server(image_servicer, self.server)
-        self.server.add_generic_rpc_handlers((image_service_alias_handler(image_servicer),))
+        img_service_pb2_grpc.add_ImageServiceServicer_to_server(image_servicer, self.server)
         text2image_pb2_grpc.add_Text2ImageServiceServicer_to_server(
             Text2ImageServicer(core), self.server
         )
@@ -95,23 +114,31 @@ class SdcoreServer:
         if cfg.enable_reflection:
             names = (
                 *SERVICE_NAMES,
-                "img_service.ImageService",
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             )
             reflection.enable_server_reflection(names, self.server)
         address = f"{cfg.host}:{cfg.port}"
-        if cfg.use_tls:
-            with open(cfg.key_file, "rb") as f:
-                key = f.read()
-            with open(cfg.cert_file, "rb") as f:
-                cert = f.read()
-            credentials = grpc.ssl_server_credentials([(key, cert)])
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        taken = bind_problem(cfg.host, cfg.port)
+        if taken:  # said here: grpc would log its own multi-line error first
+            raise ListenError(f"cannot listen on {address}: {taken} (choose another with --port)")
+        try:
+            if cfg.use_tls:
+                with open(cfg.key_file, "rb") as f:
+                    key = f.read()
+                with open(cfg.cert_file, "rb") as f:
+                    cert = f.read()
+                credentials = grpc.ssl_server_credentials([(key, cert)])
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {address}")
+            raise ListenError(
+                f"cannot listen on {address}: the port is in use or the address is not this "
+                "machine's (choose another with --port)"
+            )
         await self.server.start()
         if cfg.http_port:
             from service.http import HttpServer
@@ -232,7 +259,11 @@ def run(args, prog="sdcore serve"):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_level, cfg.log_json)
-    return asyncio.run(serve(cfg))
+    try:
+        return asyncio.run(serve(cfg))
+    except ListenError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def main(argv=None):

@@ -3,25 +3,35 @@
 import asyncio
 
 import sdcore
+from sdcore.request import GenerationRequest
 from service.core import caller, memory_bytes, rpc_method
 from service.errors import InvalidArgument
 from service.gen import sdcore_service_pb2 as pb
 from service.gen import sdcore_service_pb2_grpc as pb_grpc
 
+# GenerateRequest's names for the request fields it spells otherwise
+WIRE_NAMES = {"num_inference_steps": "steps"}
 
-def params_from_request(core, request):
-    return core.params(
+
+def generation_request(request):
+    """A GenerateRequest as a GenerationRequest: 0 and "" (and unset optionals) are None,
+    the model's or the server's default."""
+    return GenerationRequest(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        width=request.width,
-        height=request.height,
-        steps=request.steps,
+        width=request.width or None,
+        height=request.height or None,
+        num_inference_steps=request.steps or None,
         guidance_scale=request.guidance_scale if request.HasField("guidance_scale") else None,
         seed=request.seed if request.HasField("seed") else None,
-        sampler=request.sampler,
-        num_images=request.num_images,
-        model=request.model,
+        sampler=request.sampler or None,
+        num_images=request.num_images or 1,
+        model=request.model or None,
     )
+
+
+def params_from_request(core, request):
+    return core.params(generation_request(request), WIRE_NAMES)
 
 
 def response_from_job(job, images):
@@ -141,7 +151,7 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
                     default_width=w,
                     default_height=h,
                     samplers=list(pipe.samplers),
-                    default_guidance_scale=getattr(pipe, "default_guidance", 7.5),
+                    default_guidance_scale=pipe.rules.guidance_scale,
                 )
             )
         return pb.ListModelsResponse(models=models)
@@ -149,11 +159,9 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
     @rpc_method("GetEmbedding")
     async def GetEmbedding(self, request, context):
         core = self.core
-        if len(request.prompt) > core.config.max_prompt_chars:
-            raise InvalidArgument(
-                f"prompt: {len(request.prompt)} characters; at most {core.config.max_prompt_chars}"
-            )
-        slot, emb = await core.embedding(request.prompt, request.model, context)
+        # the prompt and model are checked as Generate checks them
+        params = core.params(GenerationRequest(prompt=request.prompt, model=request.model or None))
+        slot, emb = await core.embedding(params.prompt, params.model, context)
         return pb.EmbeddingResponse(
             shape=list(emb.shape), values=emb.ravel().tolist(), model=slot.name
         )

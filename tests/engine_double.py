@@ -13,8 +13,19 @@ import time
 import numpy as np
 
 import sdcore
+from sdcore.prompt import checked_chunk_count
+from sdcore.request import ModelRules
 
 SAMPLERS = ["ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "pndm", "lms"]
+
+
+class WordTokenizer:
+    """One token per word: enough for sdcore.prompt to count a prompt's chunks."""
+
+    bos_id, eos_id, pad_id = 1, 2, 2
+
+    def encode(self, text):
+        return [3] * len(text.split())
 
 
 def seed_colour(seed):
@@ -35,15 +46,26 @@ class DoubleImage:
 
 
 class EngineDouble:
-    """step_seconds: time per step. fail_on: a prompt that makes the call raise RuntimeError."""
+    """step_seconds: time per step. fail_on: a prompt that makes the call raise RuntimeError.
+    size_multiple: what the model's image sides must be multiples of."""
 
-    def __init__(self, step_seconds=0.0, name="double", default_size=(64, 64), fail_on=None):
+    def __init__(
+        self, step_seconds=0.0, name="double", default_size=(64, 64), fail_on=None, size_multiple=8
+    ):
         self.name = name
         self.device = "cpu"
         self.is_default_model = True
         self.random_weights = True
         self.samplers = list(SAMPLERS)
-        self.default_size = default_size
+        # a model whose sides are multiples of size_multiple and whose tokenizer makes a
+        # token of each word
+        self.rules = ModelRules(
+            name=name,
+            width=default_size[0],
+            height=default_size[1],
+            size_multiple=size_multiple,
+            prompt_chunks=lambda text: checked_chunk_count(WordTokenizer(), text),
+        )
         self.step_seconds = step_seconds
         self.fail_on = fail_on
         self.calls = []  # (prompts, steps, width, height) per call
@@ -52,28 +74,36 @@ class EngineDouble:
         self._guard = threading.Lock()
         self.max_active = 0
 
-    def validate(
-        self,
-        *,
-        prompt,
-        negative_prompt,
-        num_inference_steps,
-        guidance_scale,
-        width,
-        height,
-        seed,
-        sampler,
-        num_images,
-    ):
-        for name, value in (("width", width), ("height", height)):
-            if value % 8 or not 64 <= value <= 2048:
-                raise ValueError(f"{name}: must be a multiple of 8 between 64 and 2048")
-        if not 1 <= num_inference_steps <= 1000:
-            raise ValueError("num_inference_steps: must be between 1 and 1000")
-        if guidance_scale > 50:
-            raise ValueError("guidance_scale: must be at most 50")
-        if sampler not in self.samplers:
-            raise ValueError(f"sampler: unknown {sampler!r}")
+    @property
+    def default_size(self):
+        return (self.rules.width, self.rules.height)
+
+    def resolve(self, request, limits=None):
+        """As Pipeline.resolve: the same request rules, with this double's model rules."""
+        return request.resolve(self, limits)
+
+    def generate(self, requests, callback=None, should_stop=None):
+        """As Pipeline.generate: resolved requests sharing size, steps and sampler."""
+        first = requests[0]
+        prompts, negatives, guidance, seeds = [], [], [], []
+        for r in requests:
+            for s in r.seeds:
+                prompts.append(r.prompt)
+                negatives.append(r.negative_prompt)
+                guidance.append(r.guidance_scale)
+                seeds.append(s)
+        return self(
+            prompts,
+            negative_prompt=negatives,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=guidance,
+            width=first.width,
+            height=first.height,
+            seed=seeds,
+            sampler=first.sampler,
+            callback=callback,
+            should_stop=should_stop,
+        )
 
     def encode_prompt(self, text):
         rng = np.random.default_rng(len(text))
@@ -84,7 +114,7 @@ class EngineDouble:
         prompt,
         negative_prompt=None,
         num_inference_steps=20,
-        guidance_scale=7.5,
+        guidance_scale=None,
         width=None,
         height=None,
         seed=None,

@@ -14,9 +14,10 @@ from engine_double import EngineDouble, seed_colour
 from PIL import Image
 from service_harness import ServerThread, make_config
 
-from frontend.backend import Backend, Settings
+from frontend.backend import Backend
 from frontend.demo import KEEP, Demo, settings_from_controls
 from sdcore import cli
+from sdcore.request import GenerationRequest
 from service.gen import sdcore_service_pb2 as pb
 
 
@@ -64,7 +65,11 @@ def closed_port():
 
 
 def test_generate_streams_progress_previews_and_the_pngs(demo):
-    updates = list(demo.generate(Settings("a red circle", width=64, height=64, steps=3, seed=5)))
+    updates = list(
+        demo.generate(
+            GenerationRequest("a red circle", width=64, height=64, num_inference_steps=3, seed=5)
+        )
+    )
     steps = [u.progress for u in updates if u.progress is not KEEP and "Step" in u.progress]
     assert steps == ["Step 1 of 3", "Step 2 of 3", "Step 3 of 3"]
     previews = [u.preview for u in updates if isinstance(u.preview, Image.Image)]
@@ -81,7 +86,9 @@ def test_generate_streams_progress_previews_and_the_pngs(demo):
 
 
 def test_several_images_and_a_random_seed(demo):
-    final = outcome(demo.generate(Settings("x", steps=1, seed=-1, num_images=3)))
+    final = outcome(
+        demo.generate(GenerationRequest("x", num_inference_steps=1, seed=-1, num_images=3))
+    )
     seed = final["seed"]
     assert seed >= 0 and len(final["files"]) == 3
     assert f"seeds used: {seed}, {seed + 1}, {seed + 2}" in final["progress"]
@@ -90,17 +97,21 @@ def test_several_images_and_a_random_seed(demo):
 
 
 def test_invalid_input_shows_the_servers_message(demo):
-    final = outcome(demo.generate(Settings("x", width=100, height=64, steps=1)))
+    final = outcome(
+        demo.generate(GenerationRequest("x", width=100, height=64, num_inference_steps=1))
+    )
     assert final["message"].startswith("Invalid input: width: must be a multiple of 8")
     assert "files" not in final
-    final = outcome(demo.generate(Settings("x", steps=1, sampler="no_such_sampler")))
+    final = outcome(
+        demo.generate(GenerationRequest("x", num_inference_steps=1, sampler="no_such_sampler"))
+    )
     assert final["message"].startswith("Invalid input: sampler:")
 
 
 def test_server_unavailable(tmp_path):
     address = f"127.0.0.1:{closed_port()}"
     demo = Demo(Backend(address), output_dir=tmp_path)
-    final = outcome(demo.generate(Settings("x")))
+    final = outcome(demo.generate(GenerationRequest("x")))
     assert final["message"] == (
         f"The server is unavailable at {address}: no sdcore server answers there "
         "(is `sdcore serve` running?)"
@@ -114,7 +125,7 @@ def test_queue_full(server, demo):
     wait_for(lambda: server.stub().GetStatus(pb.StatusRequest()).jobs_in_flight == 1)
     waiting = server.stub().Generate.future(pb.GenerateRequest(prompt="wait", steps=1))
     wait_for(lambda: server.stub().GetStatus(pb.StatusRequest()).queue_depth == 1)
-    final = outcome(demo.generate(Settings("x", steps=1)))
+    final = outcome(demo.generate(GenerationRequest("x", num_inference_steps=1)))
     assert final["message"].startswith("The server's queue is full; try again in a moment")
     assert "1 waiting of 1, 1 running" in demo.status_text()
     blocker.cancel()
@@ -124,7 +135,9 @@ def test_queue_full(server, demo):
 def test_cancel_from_the_page(server, demo):
     updates = []
     run = threading.Thread(
-        target=lambda: updates.extend(demo.generate(Settings("x", steps=300), session="s1"))
+        target=lambda: updates.extend(
+            demo.generate(GenerationRequest("x", num_inference_steps=300), session="s1")
+        )
     )
     run.start()
     wait_for(lambda: server.stub().GetStatus(pb.StatusRequest()).jobs_in_flight == 1)
@@ -190,7 +203,7 @@ def test_old_results_are_deleted(demo, monkeypatch):
     monkeypatch.setattr("frontend.demo.KEPT_RESULTS", 2)
     paths = []
     for seed in (1, 2, 3):
-        final = outcome(demo.generate(Settings("x", steps=1, seed=seed)))
+        final = outcome(demo.generate(GenerationRequest("x", num_inference_steps=1, seed=seed)))
         paths += final["files"]
         time.sleep(0.02)  # distinct folder times
     assert [pathlib.Path(p).exists() for p in paths] == [False, True, True]

@@ -22,6 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import sdcore
 from sdcore.pipeline import Pipeline
+from sdcore.request import LIMITS
 
 SD15_SCHEDULER = {
     "beta_end": 0.012,
@@ -250,7 +251,8 @@ def test_progress_and_cancel(model_dir):
         (dict(width=33), "width"),
         (dict(height=4096), "height"),
         (dict(num_inference_steps=0), "num_inference_steps"),
-        (dict(num_inference_steps=501), "num_inference_steps"),
+        (dict(num_inference_steps=LIMITS.max_steps + 1), "num_inference_steps"),
+        (dict(width=66), "width"),  # 2 UNet levels, VAE factor 2: multiples of 4
         (dict(guidance_scale=float("nan")), "guidance_scale"),
         (dict(guidance_scale=float("inf")), "guidance_scale"),
         (dict(sampler="heun"), "sampler"),
@@ -261,8 +263,9 @@ def test_progress_and_cancel(model_dir):
 def test_bad_input_names_the_field(model_dir, kwargs, field):
     path, _ = model_dir
     ours = Pipeline.from_pretrained(str(path))
-    with pytest.raises(ValueError, match=f"^{field}"):
+    with pytest.raises(sdcore.ValidationError, match=f"^{field}") as e:
         ours("x", **kwargs)
+    assert e.value.field == field
 
 
 def test_missing_model_path(tmp_path):

@@ -296,8 +296,8 @@ def test_default_config_is_sd15():
         (("ddim", 1000, {"steps_offset": 1}), "steps_offset"),
         (("ddim", 61, {"timestep_spacing": "trailing"}), "trailing"),
         (("ddim", 10, {"clip_sample": "yes"}), "clip_sample"),
-        (("euler", 10, {"clip_sample": True}), "clip_sample"),
-        (("ddim", 10, {"use_karras_sigmas": True}), "use_karras_sigmas"),
+        (("ddim", 10, {"clip_sample_range": 0.0}), "clip_sample_range"),
+        (("lms", 10, {"use_karras_sigmas": True}), "use_karras_sigmas"),
         (("euler", 10, {"final_sigmas_type": "one"}), "final_sigmas_type"),
         (("euler", 10, {"interpolation_type": "log_linear"}), "interpolation_type"),
         (("ddim", 10, {"thresholding": True}), "thresholding"),
@@ -336,3 +336,68 @@ def test_bad_step_calls():
     with pytest.raises(ValueError, match="range"):
         _C.Sampler("ddim", 3).step(3, x, x)
     assert isinstance(sdcore.SdcoreError, type)
+
+
+# -- keys a config leaves out -----------------------------------------------------------------
+
+
+def _reference_extra(kind):
+    # pndm is PNDMScheduler with skip_prk_steps=True whatever the config; the others'
+    # extras are in REFERENCE
+    return {"skip_prk_steps": True} if kind == "pndm" else {}
+
+
+@pytest.mark.parametrize("kind", list(REFERENCE))
+@pytest.mark.parametrize(
+    "missing", [k for k in SD15_CONFIG if k not in ("_class_name", "skip_prk_steps")]
+)
+def test_a_missing_key_takes_the_scheduler_class_default(kind, missing, monkeypatch):
+    """A key the config leaves out means what diffusers' from_config makes of it for that
+    scheduler class (DDIMScheduler clips x0 and sets alpha to one by default; every class
+    defaults to betas 0.0001 .. 0.02, linear, steps_offset 0)."""
+    config = {k: v for k, v in SD15_CONFIG.items() if k != missing}
+    config.update(_reference_extra(kind))
+    for steps in (4, 13):
+        check_schedule(kind, steps, config)
+        check_loop(kind, steps, config, monkeypatch)
+
+
+@pytest.mark.parametrize("kind", list(REFERENCE))
+def test_an_empty_config_is_the_scheduler_class_defaults(kind, monkeypatch):
+    config = _reference_extra(kind)
+    for steps in (3, 20):
+        check_schedule(kind, steps, config)
+        check_loop(kind, steps, config, monkeypatch)
+
+
+def test_ddim_without_clip_sample_clips_as_diffusers_does(monkeypatch, rng):
+    # SD 1.5's config says clip_sample false; one without the key clips x0 to [-1, 1]
+    config = {k: v for k, v in SD15_CONFIG.items() if k != "clip_sample"}
+    assert DDIMScheduler.from_config(config).config.clip_sample is True
+    seed = int(rng.integers(2**32))
+    for steps in (2, 10, 50):
+        check_loop("ddim", steps, config, monkeypatch, seed=seed)
+    # and the clipping changes the result here, so the check above can tell
+    model = FakeModel(np.random.default_rng(seed))
+    latent, noise = _latent_and_noise(np.random.default_rng(seed), 10)
+    clipped = run_sdcore("ddim", 10, config, model, latent, noise)[-1]
+    unclipped = run_sdcore("ddim", 10, SD15_CONFIG, model, latent, noise)[-1]
+    assert rel_err(unclipped, clipped) > 100 * TOL
+
+
+def _latent_and_noise(rng, steps):
+    latent = rng.standard_normal(SHAPE).astype(np.float32)
+    return latent, [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(steps + 2)]
+
+
+@pytest.mark.parametrize("kind", ["euler", "euler_a", "dpmpp_2m", "pndm", "lms"])
+def test_keys_of_another_class_are_ignored_as_from_config_ignores_them(kind, monkeypatch):
+    # a DDIM config that clips: only DDIMScheduler has clip_sample
+    config = {**SD15_CONFIG, "clip_sample": True, "clip_sample_range": 2.0}
+    config.update(_reference_extra(kind))
+    check_loop(kind, 10, config, monkeypatch)
+
+
+def test_pndm_refuses_a_config_that_asks_for_runge_kutta_steps():
+    with pytest.raises(ValueError, match="skip_prk_steps"):
+        _C.Sampler("pndm", 10, {**SD15_CONFIG, "skip_prk_steps": False})

@@ -416,6 +416,134 @@ def test_every_request_field_has_a_bad_value_test():
     assert set(pb.GenerateRequest.DESCRIPTOR.fields_by_name) == checked
 
 
+# Requests that must be refused before any work, each naming its field.
+REFUSED = [
+    ("prompt", dict(prompt="a\x00b")),
+    ("negative_prompt", dict(negative_prompt="\x00")),
+    # 666 chunks after BREAK, in 3996 characters
+    ("prompt", dict(prompt="BREAK " * 666)),
+    # about 1000 nested brackets used to weigh 1.1 ** 1000: inf, then a NaN image
+    ("prompt", dict(prompt="(" * 1000 + "red")),
+    ("prompt", dict(prompt="(red:1000)")),
+    # every seed s .. s + num_images - 1 must fit an int64
+    ("seed", dict(seed=2**63 - 1, num_images=2)),
+    ("seed", dict(seed=2**63 - 3, num_images=4)),
+]
+
+
+@pytest.mark.parametrize(
+    "field,values", REFUSED, ids=[f"{f}={list(v.values())[0]!r}"[:40] for f, v in REFUSED]
+)
+def test_refused_before_any_work(server, engine, field, values):
+    request = pb.GenerateRequest(**{"prompt": "ok", **values})
+    for call in (server.stub().Generate, lambda r: list(server.stub().GenerateStream(r))):
+        with pytest.raises(grpc.RpcError) as e:
+            call(request)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith(field + ":"), e.value.details()
+    assert engine.calls == [] and status(server).queue_depth == 0
+
+
+def test_last_seeds_that_fit_are_accepted(server):
+    top = 2**63 - 1
+    reply = server.stub().Generate(pb.GenerateRequest(prompt="x", seed=top - 1, num_images=2))
+    assert list(reply.seeds) == [top - 1, top]
+
+
+def test_size_multiple_comes_from_the_model():
+    # a model whose UNet needs sides that are multiples of 32, as the shipped one does
+    engine = EngineDouble(size_multiple=32)
+    with ServerThread(make_config(), [engine]) as srv:
+        for field in ("width", "height"):
+            with pytest.raises(grpc.RpcError) as e:
+                srv.stub().Generate(pb.GenerateRequest(prompt="x", **{field: 72}))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details().startswith(f"{field}: must be a multiple of 32")
+        assert engine.calls == []
+        reply = srv.stub().Generate(pb.GenerateRequest(prompt="x", width=96, seed=1))
+        assert (reply.images[0].width, reply.images[0].height) == (96, 64)
+
+
+LONG = "x" * 10000
+
+
+@pytest.mark.parametrize(
+    "call,field,code",
+    [
+        (
+            lambda s: s.Generate(pb.GenerateRequest(prompt="x", model=LONG)),
+            "model",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            lambda s: s.Generate(pb.GenerateRequest(prompt="x", sampler=LONG)),
+            "sampler",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            lambda s: s.GetEmbedding(pb.EmbeddingRequest(prompt="x", model=LONG)),
+            "model",
+            "INVALID_ARGUMENT",
+        ),
+        # a job id within the 128 characters an id may have, but longer than what is echoed
+        (lambda s: s.Cancel(pb.CancelRequest(job_id=LONG[:100])), "job_id", "NOT_FOUND"),
+    ],
+    ids=["model", "sampler", "embedding-model", "cancel-job-id"],
+)
+def test_echoed_input_is_cut_short(server, call, field, code):
+    with pytest.raises(grpc.RpcError) as e:
+        call(server.stub())
+    assert e.value.code().name == code
+    details = e.value.details()
+    assert details.startswith(field + ":") and "x" * 64 in details and "x" * 65 not in details
+    assert len(details) < 300, details
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.EmbeddingRequest(prompt="a\x00b"),
+        pb.EmbeddingRequest(prompt="BREAK " * 666),
+        pb.EmbeddingRequest(prompt="(" * 1000 + "red"),
+        pb.EmbeddingRequest(prompt="x" * 5000),
+    ],
+    ids=["nul", "break-flood", "nesting", "too-long"],
+)
+def test_get_embedding_validates_its_prompt(server, request_):
+    with pytest.raises(grpc.RpcError) as e:
+        server.stub().GetEmbedding(request_)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith("prompt:"), e.value.details()
+
+
+def test_compat_services_name_their_own_fields(server, engine):
+    stub = image_service_pb2_grpc.ImageServiceStub(server.channel())
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GenerateImage(image_service_pb2.ImageRequest(positive_prompt="a\x00"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith("positive_prompt:")
+    stub = text2image_pb2_grpc.Text2ImageServiceStub(server.channel())
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GenerateImage(
+            text2image_pb2.GenerateImageRequest(prompt="x", num_inference_steps=5000)
+        )
+    assert e.value.details().startswith("num_inference_steps:")
+    assert engine.calls == []
+
+
+def test_server_limits_narrow_the_request_limits():
+    engine = EngineDouble()
+    with ServerThread(make_config(max_steps=10, max_images_per_request=2), [engine]) as srv:
+        for values, field in ((dict(steps=11), "steps"), (dict(num_images=3), "num_images")):
+            with pytest.raises(grpc.RpcError) as e:
+                srv.stub().Generate(pb.GenerateRequest(prompt="x", **values))
+            assert e.value.details().startswith(f"{field}: must be between 1 and ")
+        assert (
+            len(srv.stub().Generate(pb.GenerateRequest(prompt="x", steps=10, num_images=2)).images)
+            == 2
+        )
+
+
 def test_engine_error_is_internal_and_the_server_goes_on():
     engine = EngineDouble(fail_on="explode")
     with ServerThread(make_config(), [engine]) as srv:
@@ -638,6 +766,34 @@ def test_reflection_on_and_off():
         with pytest.raises(grpc.RpcError) as e:
             _reflected_services(srv)
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_every_reflected_service_is_describable_and_known_to_health():
+    from google.protobuf import descriptor_pool
+    from grpc_reflection.v1alpha import reflection
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with ServerThread(make_config(enable_reflection=True), [EngineDouble()]) as srv:
+        db = ProtoReflectionDescriptorDatabase(srv.channel())
+        pool = descriptor_pool.DescriptorPool(db)
+        services = set(db.get_services())
+        assert "img_service.ImageService" in services
+        health = health_pb2_grpc.HealthStub(srv.channel())
+        for name in sorted(services):
+            service = pool.FindServiceByName(name)
+            assert service.methods, name
+            for method in service.methods:
+                assert pool.FindMessageTypeByName(method.input_type.full_name)
+                assert pool.FindMessageTypeByName(method.output_type.full_name)
+            if name in (reflection.SERVICE_NAME, "grpc.health.v1.Health"):
+                continue
+            check = health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert check.status == health_pb2.HealthCheckResponse.SERVING, name
+        # the alias answers with ImageService's messages, called through its described path
+        method = pool.FindServiceByName("img_service.ImageService").methods_by_name["GenerateImage"]
+        assert method.input_type.full_name == "ImageRequest"
 
 
 def free_port():

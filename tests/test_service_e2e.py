@@ -143,3 +143,26 @@ def test_compat_prompt(server, pipe):
     reply = stub.Prompt(gpu_service_pb2.PromptRequest(prompt="a green triangle"))
     assert reply.status == "completed"
     assert decode(reply.image).shape == (pipe.default_size[1], pipe.default_size[0], 3)
+
+
+def test_a_width_the_unet_cannot_take_is_invalid_argument_before_queueing(server, pipe):
+    # the shipped UNet has 3 levels: latent sides must divide by 4, image sides by 32
+    multiple = pipe.rules.size_multiple
+    before = server.stub().GetStatus(pb.StatusRequest()).images_generated
+    for width in (72, multiple + 8):
+        with pytest.raises(grpc.RpcError) as e:
+            server.stub().Generate(pb.GenerateRequest(prompt="a red circle", width=width))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith(f"width: must be a multiple of {multiple}")
+    assert server.stub().GetStatus(pb.StatusRequest()).images_generated == before
+
+
+def test_nested_emphasis_is_invalid_argument_not_a_nan_image(server):
+    for prompt in ("(" * 1000 + "a red circle", "BREAK " * 666):
+        with pytest.raises(grpc.RpcError) as e:
+            server.stub().Generate(pb.GenerateRequest(prompt=prompt, seed=1))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith("prompt:"), e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            server.stub().GetEmbedding(pb.EmbeddingRequest(prompt=prompt))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -68,7 +68,8 @@ int sd_clip_type_init(PyObject *module);
  * betas_out holds trained_betas, if any, for as long as cfg is used. -1 with ValueError
  * naming the key. */
 #include "sampling/sampler.h"
-int sd_sampler_config_from_py(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out);
+int sd_sampler_config_from_py(PyObject *dict, int kind, sd_sampler_config *cfg,
+                              PyObject **betas_out);
 
 /* sdcore._C.UNet (unet.c) */
 struct sd_unet;

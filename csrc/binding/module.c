@@ -29,16 +29,29 @@ PyObject *sd_raise(sd_status status) {
     return NULL;
 }
 
+/* setup.py defines SDCORE_CUDA_NOT_BUILT as a string saying why the CUDA backend was left
+ * out (nvcc or cuBLAS missing, SDCORE_CUDA=0) and how to get it */
+#if !defined(SDCORE_WITH_CUDA) && !defined(SDCORE_CUDA_NOT_BUILT)
+#define SDCORE_CUDA_NOT_BUILT "built without the CUDA backend"
+#endif
+
 static PyObject *build_info(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("{s:O,s:i,s:s}", "cuda_built",
+    return Py_BuildValue("{s:O,s:i,s:s,s:s}", "cuda_built",
 #ifdef SDCORE_WITH_CUDA
                          Py_True,
 #else
                          Py_False,
 #endif
-                         "cpu_threads", sd_cpu_threads(), "blas", "OpenBLAS (scipy-openblas32)");
+                         "cpu_threads", sd_cpu_threads(), "blas", "OpenBLAS (scipy-openblas32)",
+                         "cuda_not_built_because",
+#ifdef SDCORE_WITH_CUDA
+                         ""
+#else
+                         SDCORE_CUDA_NOT_BUILT
+#endif
+    );
 }
 
 static PyObject *set_cpu_threads(PyObject *self, PyObject *arg) {

@@ -158,30 +158,45 @@ static int is_unset_default(PyObject *dict, const char *key) {
 }
 
 /* sdcore._C.SchedulerConfig(dict): a scheduler config parsed once, when a model is
- * loaded, then given to every txt2img call (or Sampler) in place of the dict. */
+ * loaded, then given to every txt2img call (or Sampler) in place of the dict. A key the dict
+ * leaves out means what it means to each sampler's diffusers class, so the dict is parsed
+ * once per sampler kind; a kind the config does not fit (pndm under skip_prk_steps false)
+ * keeps its error for the call that asks for it. */
 typedef struct {
     PyObject_HEAD
-    sd_sampler_config cfg;
-    PyObject *betas; /* the float32 array cfg.trained_betas points into, or NULL */
+    sd_sampler_config cfg[SD_SAMPLER_COUNT];
+    PyObject *betas[SD_SAMPLER_COUNT]; /* the float32 arrays cfg[k].trained_betas point into */
+    PyObject *error[SD_SAMPLER_COUNT]; /* the ValueError message for kind k, or NULL */
 } SchedulerConfigObject;
 
 static PyObject *scheduler_config_type;
 
-static int config_from_dict(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out);
+/* Fill cfg for a sampler of `kind` from a dict; betas_out receives a float32 array holding
+ * trained_betas when the dict has them (the caller releases it once the sampler is
+ * created). None gives SD 1.5's config. A dict starts from the defaults of the diffusers
+ * class that `kind` mirrors, as from_config does, so a key left out means what it means to
+ * that class (DDIMScheduler without clip_sample clips); keys that class does not have are
+ * ignored, as from_config ignores them (Euler under a DDIM config with clip_sample). */
+static int config_from_dict(PyObject *dict, int kind, sd_sampler_config *cfg,
+                            PyObject **betas_out);
 
-int sd_sampler_config_from_py(PyObject *obj, sd_sampler_config *cfg, PyObject **betas_out) {
+int sd_sampler_config_from_py(PyObject *obj, int kind, sd_sampler_config *cfg,
+                              PyObject **betas_out) {
     if (scheduler_config_type && PyObject_TypeCheck(obj, (PyTypeObject *)scheduler_config_type)) {
         SchedulerConfigObject *parsed = (SchedulerConfigObject *)obj;
-        *cfg = parsed->cfg;
-        *betas_out = Py_XNewRef(parsed->betas);
+        if (parsed->error[kind]) {
+            PyErr_SetObject(PyExc_ValueError, parsed->error[kind]);
+            return -1;
+        }
+        *cfg = parsed->cfg[kind];
+        *betas_out = Py_XNewRef(parsed->betas[kind]);
         return 0;
     }
-    return config_from_dict(obj, cfg, betas_out);
+    return config_from_dict(obj, kind, cfg, betas_out);
 }
 
-/* Fill cfg from a dict; betas_out receives a float32 array holding trained_betas when
- * the dict has them (the caller releases it once the sampler is created). */
-static int config_from_dict(PyObject *dict, sd_sampler_config *cfg, PyObject **betas_out) {
+static int config_from_dict(PyObject *dict, int kind, sd_sampler_config *cfg,
+                            PyObject **betas_out) {
     static const char *const schedules[] = {"scaled_linear", "linear", NULL};
     static const char *const predictions[] = {"epsilon", "v_prediction", NULL};
     static const char *const spacings[] = {"leading", "linspace", "trailing", NULL};
@@ -196,6 +211,10 @@ static int config_from_dict(PyObject *dict, sd_sampler_config *cfg, PyObject **b
                      Py_TYPE(dict)->tp_name);
         return -1;
     }
+    sd_sampler_config_class_default(kind, cfg);
+    const int is_ddim = kind == SD_SAMPLER_DDIM, is_pndm = kind == SD_SAMPLER_PNDM;
+    const int is_euler = kind == SD_SAMPLER_EULER;
+    const int is_dpmpp = kind == SD_SAMPLER_DPMPP_2M || kind == SD_SAMPLER_DPMPP_2M_KARRAS;
 #define GET(key)                                                                            \
     ((v = PyDict_GetItemString(dict, key)) != NULL && v != Py_None &&                      \
      !is_unset_default(dict, key))
@@ -228,26 +247,36 @@ static int config_from_dict(PyObject *dict, sd_sampler_config *cfg, PyObject **b
                                 : k == 1 ? SD_SPACING_LINSPACE
                                          : SD_SPACING_TRAILING;
     }
-    if (GET("clip_sample") && config_bool(v, "clip_sample", &cfg->clip_sample) < 0)
+    if (is_ddim && GET("clip_sample") && config_bool(v, "clip_sample", &cfg->clip_sample) < 0)
         return -1;
-    if (GET("clip_sample_range") &&
+    if (is_ddim && GET("clip_sample_range") &&
         config_float(v, "clip_sample_range", &cfg->clip_sample_range) < 0)
         return -1;
-    if (GET("set_alpha_to_one") && config_bool(v, "set_alpha_to_one", &cfg->set_alpha_to_one) < 0)
+    if ((is_ddim || is_pndm) && GET("set_alpha_to_one") &&
+        config_bool(v, "set_alpha_to_one", &cfg->set_alpha_to_one) < 0)
         return -1;
-    if (GET("use_karras_sigmas") &&
+    /* lms has the key too in diffusers; read, so that true is refused rather than dropped */
+    if (!is_ddim && !is_pndm && kind != SD_SAMPLER_EULER_A && GET("use_karras_sigmas") &&
         config_bool(v, "use_karras_sigmas", &cfg->use_karras_sigmas) < 0)
         return -1;
-    if (GET("final_sigmas_type")) {
+    if ((is_euler || is_dpmpp) && GET("final_sigmas_type")) {
         int k = config_choice(v, "final_sigmas_type", finals);
         if (k < 0)
             return -1;
         cfg->final_sigmas_type = k == 0 ? SD_FINAL_SIGMA_ZERO : SD_FINAL_SIGMA_MIN;
     }
-    if (GET("lower_order_final") &&
+    /* pndm is PNDMScheduler with skip_prk_steps=True (SD 1.5's choice): no Runge-Kutta
+     * warm-up; a config that asks for one is refused rather than run without it */
+    if (is_pndm && GET("skip_prk_steps") && v != Py_True) {
+        PyErr_Format(PyExc_ValueError, "sampler config: skip_prk_steps=%R is not supported by "
+                     "sdcore's pndm (it always skips the Runge-Kutta steps)", v);
+        return -1;
+    }
+    if (is_dpmpp && GET("lower_order_final") &&
         config_bool(v, "lower_order_final", &cfg->lower_order_final) < 0)
         return -1;
-    if (GET("euler_at_final") && config_bool(v, "euler_at_final", &cfg->euler_at_final) < 0)
+    if (is_dpmpp && GET("euler_at_final") &&
+        config_bool(v, "euler_at_final", &cfg->euler_at_final) < 0)
         return -1;
     if (GET("trained_betas")) {
         PyObject *arr = PyArray_FROMANY(v, NPY_FLOAT32, 1, 1, NPY_ARRAY_CARRAY);
@@ -304,7 +333,7 @@ static PyObject *sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
         return NULL;
     }
     sd_sampler_config cfg;
-    if (sd_sampler_config_from_py(config, &cfg, &betas) < 0)
+    if (sd_sampler_config_from_py(config, kind, &cfg, &betas) < 0)
         return NULL;
     sd_sampler *s = NULL;
     sd_status st = sd_sampler_create(kind, &cfg, num_steps, &s);
@@ -576,28 +605,52 @@ static PyType_Spec sampler_spec = {
     .slots = sampler_slots,
 };
 
+static void scheduler_config_clear(SchedulerConfigObject *self) {
+    for (int k = 0; k < SD_SAMPLER_COUNT; k++) {
+        Py_CLEAR(self->betas[k]);
+        Py_CLEAR(self->error[k]);
+    }
+}
+
 static PyObject *scheduler_config_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"config", NULL};
     PyObject *dict = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:SchedulerConfig", kwlist, &dict))
         return NULL;
-    sd_sampler_config cfg;
-    PyObject *betas = NULL;
-    if (config_from_dict(dict, &cfg, &betas) < 0)
-        return NULL;
     SchedulerConfigObject *self = (SchedulerConfigObject *)type->tp_alloc(type, 0);
-    if (!self) {
-        Py_XDECREF(betas);
+    if (!self)
         return NULL;
+    int usable = 0;
+    for (int k = 0; k < SD_SAMPLER_COUNT; k++) {
+        if (config_from_dict(dict, k, &self->cfg[k], &self->betas[k]) == 0) {
+            usable++;
+            continue;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            goto fail; /* not a config problem (a TypeError, no memory) */
+        PyObject *type_, *value, *tb;
+        PyErr_Fetch(&type_, &value, &tb);
+        self->error[k] = value ? PyObject_Str(value) : PyUnicode_FromString("sampler config");
+        Py_XDECREF(type_);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (!self->error[k])
+            goto fail;
     }
-    self->cfg = cfg;
-    self->betas = betas;
+    if (!usable) { /* wrong for every sampler: say so at load */
+        PyErr_SetObject(PyExc_ValueError, self->error[0]);
+        goto fail;
+    }
     return (PyObject *)self;
+fail:
+    scheduler_config_clear(self);
+    Py_DECREF(self);
+    return NULL;
 }
 
 static void scheduler_config_dealloc(SchedulerConfigObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
-    Py_XDECREF(self->betas);
+    scheduler_config_clear(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }

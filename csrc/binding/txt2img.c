@@ -107,7 +107,7 @@ static PyObject *py_txt2img(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     }
     sd_sampler_config cfg;
-    if (sd_sampler_config_from_py(sched, &cfg, &betas) < 0)
+    if (sd_sampler_config_from_py(sched, kind, &cfg, &betas) < 0)
         return NULL;
     if (vae_factor < 1 || vae_factor > 64 || latent_channels < 1 || latent_channels > 64 ||
         width < vae_factor || height < vae_factor || width % vae_factor || height % vae_factor ||

@@ -92,6 +92,10 @@ typedef struct {
 typedef struct sd_sampler sd_sampler;
 
 void sd_sampler_config_default(sd_sampler_config *cfg);
+/* What diffusers' from_config gives the scheduler class of `kind` for every key a config
+ * leaves out: beta 0.0001 .. 0.02 linear, steps_offset 0, and for ddim clip_sample and
+ * set_alpha_to_one true (SD 1.5's config sets all of these otherwise). */
+void sd_sampler_config_class_default(int kind, sd_sampler_config *cfg);
 
 /* The kind called `name` (see the list above), or -1. */
 int sd_sampler_parse_kind(const char *name);

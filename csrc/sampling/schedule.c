@@ -51,6 +51,19 @@ void sd_sampler_config_default(sd_sampler_config *cfg) {
     cfg->euler_at_final = 0;
 }
 
+void sd_sampler_config_class_default(int kind, sd_sampler_config *cfg) {
+    /* the __init__ defaults every diffusers scheduler class mirrored here shares */
+    sd_sampler_config_default(cfg);
+    cfg->beta_start = 0.0001;
+    cfg->beta_end = 0.02;
+    cfg->beta_schedule = SD_BETA_LINEAR;
+    cfg->steps_offset = 0;
+    /* DDIMScheduler alone clips x0 and takes alpha_prod 1 past t = 0 by default;
+     * PNDMScheduler defaults set_alpha_to_one to False */
+    cfg->clip_sample = kind == SD_SAMPLER_DDIM;
+    cfg->set_alpha_to_one = kind == SD_SAMPLER_DDIM;
+}
+
 /* ------------------------------------------------------------- numpy mirrors ---- */
 
 double sd_np_linspace(double start, double stop, int num, int i) {
