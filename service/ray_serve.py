@@ -336,26 +336,33 @@ class Ingress:
             _fail(grpc_context, grpc.StatusCode[reply.code], reply.details)
 
     async def _unary(self, method, request, grpc_context):
-        self._check_key(grpc_context)
-        if method == "Cancel":
-            return self._cancel(request, grpc_context)
+        """A unary RPC. A failure sets the code on the Serve context and returns an empty
+        message (gRPC sends no message with a non-OK status): raising instead would have
+        the proxy log a traceback for every refused request."""
         spec = SERVICE.methods_by_name[method]
-        response = self.engine.unary.remote(
-            method,
-            request.SerializeToString(),
-            _metadata_list(grpc_context),
-            grpc_context.peer(),
-        )
-        key = self._track(request, grpc_context, response)
+        empty = _message_class(spec.output_type)()
         try:
-            reply = await response
-        except REPLICA_GONE as e:
-            _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, _gone(e))
-        except RequestCancelledError:
-            _fail(grpc_context, grpc.StatusCode.CANCELLED, "cancelled by a Cancel request")
-        finally:
-            self.forwarded.pop(key, None)
-        self._answer(grpc_context, reply, [])
+            self._check_key(grpc_context)
+            if method == "Cancel":
+                return self._cancel(request, grpc_context)
+            response = self.engine.unary.remote(
+                method,
+                request.SerializeToString(),
+                _metadata_list(grpc_context),
+                grpc_context.peer(),
+            )
+            key = self._track(request, grpc_context, response)
+            try:
+                reply = await response
+            except REPLICA_GONE as e:
+                _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, _gone(e))
+            except RequestCancelledError:
+                _fail(grpc_context, grpc.StatusCode.CANCELLED, "cancelled by a Cancel request")
+            finally:
+                self.forwarded.pop(key, None)
+            self._answer(grpc_context, reply, [])
+        except _Refused:
+            return empty
         return _message_class(spec.output_type).FromString(reply.payload)
 
     async def _stream(self, method, request, grpc_context):
