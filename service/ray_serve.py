@@ -71,8 +71,6 @@ REPLICA_GONE = (
 )
 # Requests one ingress replica forwards at once (it only waits on the engine).
 INGRESS_MAX_ONGOING = 1000
-# Keys of build_app's args that are Ray's, not the server's (ServerConfig).
-RAY_ARGS = {"replicas": 1, "max_replicas": None, "replica_cpus": 1.0, "ingress_replicas": 1}
 
 
 # -- the configuration ---------------------------------------------------------------------
@@ -97,6 +95,10 @@ class RayOptions:
         if self.ingress_replicas < 1:
             raise config_mod.ConfigError(f"ingress_replicas: {self.ingress_replicas} is below 1")
         return self
+
+
+# Keys of build_app's args that are Ray's, not the server's (ServerConfig).
+RAY_ARGS = {f.name for f in dataclasses.fields(RayOptions)}
 
 
 def check_server_config(cfg):
@@ -243,7 +245,7 @@ class Engine:
         log.info("replica ready", extra={"replica_id": self.replica_id, "pid": os.getpid()})
 
     def _metadata(self, context):
-        return ((("x-replica-id", self.replica_id),) + context.initial_metadata)
+        return (("x-replica-id", self.replica_id),) + context.initial_metadata
 
     async def unary(self, method, request_bytes, metadata, peer):
         """A unary RPC of sdcore.v1 by name, through the servicer."""
@@ -526,11 +528,8 @@ def run(args, prog="sdcore serve"):
 
     try:
         cfg = check_server_config(config_mod.from_args(args))
-        options = RayOptions(
-            replicas=args.replicas,
-            max_replicas=args.max_replicas,
-            replica_cpus=args.replica_cpus,
-        ).check()
+        given = {f: getattr(args, f, None) for f in ("replicas", "max_replicas", "replica_cpus")}
+        options = RayOptions(**{f: v for f, v in given.items() if v is not None}).check()
     except config_mod.ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -190,3 +190,18 @@ def test_build_app_names_a_bad_argument():
         ray_serve.build_app({"bogus": 1})
     with pytest.raises(config_mod.ConfigError, match="--max-replicas"):
         ray_serve.build_app({"replicas": 3, "max_replicas": 2})
+
+
+@pytest.mark.parametrize("path", ["deploy/ray/serve.yaml", "deploy/ray/rayservice.yaml"])
+def test_shipped_serve_configs_are_valid(path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    document = yaml.safe_load((ROOT / path).read_text())
+    if document.get("kind") == "RayService":
+        document = yaml.safe_load(document["spec"]["serveConfigV2"])
+    schema = ServeDeploySchema.model_validate(document)
+    assert schema.grpc_options.grpc_servicer_functions == ray_serve.GRPC_SERVICER_FUNCTIONS
+    (app,) = schema.applications
+    assert app.import_path == "service.ray_serve:build_app"
+    ray_serve.build_app(app.args)  # every argument known and in range
