@@ -5,10 +5,12 @@ the ordinary sdcore.v1 stubs; a replica killed under load answers UNAVAILABLE an
 import io
 import os
 import pathlib
+import re
 import signal
 import socket
 import tempfile
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -48,6 +50,7 @@ def cluster():
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved]))
     temp = tempfile.mkdtemp(prefix="sdray-", dir="/tmp")  # Ray's socket paths must be short
+    metrics_port = free_port()
     cfg = config_mod.ServerConfig(
         host="127.0.0.1",
         port=free_port(),
@@ -64,9 +67,10 @@ def cluster():
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             log_to_driver=False,
+            _metrics_export_port=metrics_port,
         )
         ray_serve.deploy(cfg, ray_serve.RayOptions(replicas=2).check(), None, free_port())
-        yield cfg
+        yield cfg, metrics_port
     finally:
         try:
             serve.shutdown()
@@ -80,7 +84,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def stub(cluster):
-    channel = grpc.insecure_channel(f"127.0.0.1:{cluster.port}")
+    cfg, _ = cluster
+    channel = grpc.insecure_channel(f"127.0.0.1:{cfg.port}")
     yield sdcore_service_pb2_grpc.SdcoreStub(channel)
     channel.close()
 
@@ -141,6 +146,28 @@ def test_stream_through_the_proxy(stub):
     events = list(stub.GenerateStream(request(5), timeout=DEADLINE_S))
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds == ["queued"] + ["progress"] * STEPS + ["result"], kinds
+
+
+def test_engine_metrics_reach_rays_exporter(cluster, stub):
+    """The engine's sdcore_* metrics, recorded through ray.serve.metrics, are on the node's
+    Prometheus endpoint with Serve's replica tag (Ray exports every few seconds)."""
+    _, metrics_port = cluster
+    stub.Generate(request(3), timeout=DEADLINE_S)
+    sample = re.compile(r"^ray_sdcore_requests(?:_total)?\{([^}]*)\} ([0-9.e+]+)$", re.M)
+    t0, lines = time.monotonic(), []
+    while time.monotonic() - t0 < 60:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        served = [
+            float(value)
+            for labels, value in sample.findall(text)
+            if 'rpc="Generate"' in labels and 'code="OK"' in labels and 'replica="' in labels
+        ]
+        if sum(served) >= 1:
+            return
+        lines = [line for line in text.splitlines() if "sdcore" in line]
+        time.sleep(1)
+    pytest.fail(f"no ray_sdcore_requests sample of a served Generate: {lines[:20]}")
 
 
 def test_killed_replica_fails_its_requests_unavailable_and_comes_back(stub, rng):
