@@ -35,7 +35,7 @@ import logging
 import os
 import signal
 import sys
-import time
+import threading
 
 import grpc
 import prometheus_client as prom
@@ -534,13 +534,16 @@ def run(args, prog="sdcore serve"):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_level, cfg.log_json)
-    stop = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.append(True))
-    deploy(cfg, options, args.ray_address)
-    while not stop:
-        time.sleep(0.2)
-    log.info("deleting the application", extra={"app": APP_NAME})
-    serve.delete(APP_NAME)
-    ray.shutdown()
+    stop = threading.Event()
+    try:
+        deploy(cfg, options, args.ray_address)
+        # after ray.init, which installs handlers of its own
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            pass
+        log.info("deleting the application", extra={"app": APP_NAME})
+        serve.delete(APP_NAME)
+    finally:
+        ray.shutdown()
     return 0
