@@ -43,6 +43,7 @@ import ray
 from ray import serve
 from ray.serve.config import gRPCOptions
 from ray.serve.exceptions import (
+    BackPressureError,
     DeploymentUnavailableError,
     ReplicaUnavailableError,
     RequestCancelledError,
@@ -69,6 +70,7 @@ REPLICA_GONE = (
     ReplicaUnavailableError,
     DeploymentUnavailableError,
 )
+QUEUES_FULL = "the queue is full on every replica; retry later"
 # Requests one ingress replica forwards at once (it only waits on the engine).
 INGRESS_MAX_ONGOING = 1000
 
@@ -113,8 +115,14 @@ def check_server_config(cfg):
 
 def max_ongoing_requests(cfg):
     """Requests Serve lets one engine replica hold: its queue plus a running batch. Past that
-    Serve keeps them at the router, so our queue answers RESOURCE_EXHAUSTED as it does alone."""
+    they wait at the router for the first replica with room."""
     return cfg.queue_size + cfg.max_batch_size
+
+
+def max_queued_requests(cfg):
+    """Requests that may wait at the router (every replica full) before the next one is
+    answered RESOURCE_EXHAUSTED, as one server answers when its queue is full."""
+    return cfg.queue_size
 
 
 def target_ongoing_requests(cfg):
@@ -278,9 +286,6 @@ class Engine:
         finally:
             call.cancel()
 
-    def replica(self):
-        return self.replica_id, os.getpid()
-
 
 def _message_class(descriptor):
     return getattr(pb, descriptor.name)
@@ -358,6 +363,8 @@ class Ingress:
                 reply = await response
             except REPLICA_GONE as e:
                 _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, _gone(e))
+            except BackPressureError:
+                _fail(grpc_context, grpc.StatusCode.RESOURCE_EXHAUSTED, QUEUES_FULL)
             except RequestCancelledError:
                 _fail(grpc_context, grpc.StatusCode.CANCELLED, "cancelled by a Cancel request")
             finally:
@@ -385,6 +392,8 @@ class Ingress:
                     yield _message_class(spec.output_type).FromString(reply.payload)
         except REPLICA_GONE as e:
             _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, _gone(e))
+        except BackPressureError:
+            _fail(grpc_context, grpc.StatusCode.RESOURCE_EXHAUSTED, QUEUES_FULL)
         except RequestCancelledError:
             _fail(grpc_context, grpc.StatusCode.CANCELLED, "cancelled by a Cancel request")
         finally:
@@ -452,6 +461,7 @@ def build(cfg, options):
     check_server_config(cfg)
     engine_options = dict(
         max_ongoing_requests=max_ongoing_requests(cfg),
+        max_queued_requests=max_queued_requests(cfg),
         ray_actor_options={
             "num_cpus": options.replica_cpus,
             "num_gpus": 1 if cfg.device == "cuda" else 0,

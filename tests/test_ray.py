@@ -170,6 +170,21 @@ def test_engine_metrics_reach_rays_exporter(cluster, stub):
     pytest.fail(f"no ray_sdcore_requests sample of a served Generate: {lines[:20]}")
 
 
+def test_deadline_stops_the_job_on_its_replica(stub):
+    """The client's deadline ends the call at the proxy; the cancel reaches the engine, which
+    drops the job at its next step: a job of minutes leaves every replica idle in seconds."""
+    long_job = pb.GenerateRequest(prompt="x", width=128, height=128, steps=150, seed=1)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Generate(long_job, timeout=2.0)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    t0, idle = time.monotonic(), {}
+    while len(idle) < 2 or not all(idle.values()):
+        assert time.monotonic() - t0 < 15, idle
+        reply, call = stub.GetStatus.with_call(pb.StatusRequest(), timeout=DEADLINE_S)
+        idle[replica_of(call)] = reply.jobs_in_flight == 0 and reply.queue_depth == 0
+        time.sleep(0.1)
+
+
 def test_killed_replica_fails_its_requests_unavailable_and_comes_back(stub, rng):
     from ray.util.state import list_actors
 
@@ -208,6 +223,49 @@ def test_killed_replica_fails_its_requests_unavailable_and_comes_back(stub, rng)
         futures = send_all(stub, seeds[:8])
         after |= {replica_of(f) for f in futures if f.result() is not None}
     assert victim not in after
+
+
+def test_full_queues_answer_resource_exhausted(cluster, stub):
+    """Every replica full (its queue and a batch) and the router's queue full: the next request
+    is answered RESOURCE_EXHAUSTED at once, as one server with a full queue answers. (Last of
+    the cluster's tests: it deploys the application again with tiny queues.)"""
+    cfg, _ = cluster
+    tiny = config_mod.ServerConfig(
+        host="127.0.0.1", port=cfg.port, default_steps=STEPS, max_batch_size=1, queue_size=1
+    ).check()
+    ray_serve.deploy(tiny, ray_serve.RayOptions(replicas=2).check(), None)
+    # room: 2 replicas x (1 queued + 1 running) + 1 at the router
+    room = 2 * ray_serve.max_ongoing_requests(tiny) + ray_serve.max_queued_requests(tiny)
+    slow = pb.GenerateRequest(prompt="x", width=SIZE, height=SIZE, steps=30, seed=1)
+    futures = [stub.Generate.future(slow, timeout=DEADLINE_S) for _ in range(room + 6)]
+    codes = [grpc.StatusCode.OK if f.exception() is None else f.exception().code() for f in futures]
+    counts = {c: codes.count(c) for c in set(codes)}
+    assert set(counts) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, counts
+    assert counts[grpc.StatusCode.RESOURCE_EXHAUSTED] >= 6, counts
+
+
+class FakeServeContext:
+    def __init__(self, metadata):
+        self.metadata, self.code, self.details = metadata, None, None
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    def set_code(self, code):
+        self.code = code
+
+    def set_details(self, details):
+        self.details = details
+
+
+def test_ingress_checks_the_api_key():
+    ingress = ray_serve.Ingress(engine=None, api_key="k1")
+    ingress._check_key(FakeServeContext([("x-api-key", "k1")]))
+    for metadata in ([], [("x-api-key", "k2")]):
+        context = FakeServeContext(metadata)
+        with pytest.raises(ray_serve._Refused):
+            ingress._check_key(context)
+        assert context.code == grpc.StatusCode.UNAUTHENTICATED and "x-api-key" in context.details
 
 
 def test_build_app_names_a_bad_argument():
