@@ -185,6 +185,26 @@ def test_deadline_stops_the_job_on_its_replica(stub):
         time.sleep(0.1)
 
 
+def test_cancel_by_job_id_through_the_proxy(stub, rng):
+    job_id = f"job-{rng.integers(2**62)}"
+    long_job = pb.GenerateRequest(
+        prompt="x", width=128, height=128, steps=150, seed=1, job_id=job_id
+    )
+    events = stub.GenerateStream(long_job, timeout=DEADLINE_S)
+    kinds = []
+    with pytest.raises(grpc.RpcError) as e:
+        for event in events:
+            kinds.append(event.WhichOneof("event"))
+            if kinds[-1] == "progress" and len(kinds) == 2:
+                reply = stub.Cancel(pb.CancelRequest(job_id=job_id), timeout=DEADLINE_S)
+                assert reply.job_id == job_id
+    assert e.value.code() == grpc.StatusCode.CANCELLED, e.value
+    assert kinds[0] == "queued" and "result" not in kinds
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Cancel(pb.CancelRequest(job_id=job_id), timeout=DEADLINE_S)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_killed_replica_fails_its_requests_unavailable_and_comes_back(stub, rng):
     from ray.util.state import list_actors
 
