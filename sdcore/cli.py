@@ -97,9 +97,49 @@ def cmd_generate(args):
 
 
 def cmd_serve(args):
-    from service.server import run
+    if args.ray_address is None:
+        from service.server import run
 
+        for flag in ("replicas", "max_replicas", "replica_cpus"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                print(f"sdcore serve: {name} needs --ray-address", file=sys.stderr)
+                return 2
+        return run(args)
+    try:
+        from service.ray_serve import run
+    except ImportError as e:
+        print(f"sdcore serve: --ray-address needs pip install 'sdcore[ray]' ({e})", file=sys.stderr)
+        return 2
     return run(args)
+
+
+def _add_ray_arguments(parser):
+    g = parser.add_argument_group("ray (a Ray Serve application instead of one process)")
+    g.add_argument(
+        "--ray-address",
+        help="serve on this Ray cluster (auto = the one `ray start` made here, HOST:PORT or "
+        "ray://HOST:10001 = a remote one, local = start one in this process) behind Ray "
+        "Serve's gRPC proxy on --port; without it, one process serves",
+    )
+    g.add_argument(
+        "--replicas",
+        type=int,
+        help="engine replicas, each with the model loaded once (with --max-replicas, the "
+        "fewest the autoscaler keeps; default 1)",
+    )
+    g.add_argument(
+        "--max-replicas",
+        type=int,
+        help="autoscale between --replicas and this on ongoing requests per replica "
+        "(default: a fixed --replicas)",
+    )
+    g.add_argument(
+        "--replica-cpus",
+        type=float,
+        help="CPUs Ray reserves per replica, and its engine threads (default 1); with --device "
+        "cuda each replica also takes one GPU",
+    )
 
 
 def cmd_client(args):
@@ -128,6 +168,7 @@ def _add_service_commands(sub):
         return
     p = sub.add_parser("serve", help="serve text-to-image generation over gRPC (port 50051)")
     config.add_arguments(p)
+    _add_ray_arguments(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("client", help="talk to a running sdcore server")
     client.add_arguments(p)
