@@ -36,7 +36,7 @@ from starlette.routing import Match
 
 import sdcore
 from sdcore.params import SAMPLER_DISPLAY
-from service.core import DEFAULT_SAMPLER
+from sdcore.request import DEFAULT_SAMPLER, GenerationRequest
 from service.errors import (
     AlreadyExists,
     DeadlinePassed,
@@ -410,7 +410,7 @@ class ImagesGenerateRequest(_Strict):
 # beside each renames our field names in error messages to the JSON's names.
 
 A1111_NAMES = {
-    "steps": "steps",
+    "num_inference_steps": "steps",
     "guidance_scale": "cfg_scale",
     "sampler": "sampler_name",
     "num_images": "batch_size * n_iter",
@@ -420,16 +420,18 @@ A1111_NAMES = {
 
 def a1111_params(core, req, sampler, model):
     return core.params(
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        width=req.width or 0,
-        height=req.height or 0,
-        steps=req.steps or 0,
-        guidance_scale=req.cfg_scale,
-        seed=req.seed,
-        sampler=sampler,
-        num_images=req.batch_size * req.n_iter,
-        model=model,
+        GenerationRequest(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            width=req.width or None,
+            height=req.height or None,
+            num_inference_steps=req.steps or None,
+            guidance_scale=req.cfg_scale,
+            seed=req.seed,
+            sampler=sampler or None,
+            num_images=req.batch_size * req.n_iter,
+            model=model or None,
+        )
     )
 
 
@@ -438,11 +440,13 @@ OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size"}
 
 def openai_params(core, req, width, height):
     return core.params(
-        prompt=req.prompt,
-        width=width,
-        height=height,
-        num_images=req.n or 0,
-        model=req.model or "",
+        GenerationRequest(
+            prompt=req.prompt,
+            width=width or None,
+            height=height or None,
+            num_images=1 if req.n is None else req.n,
+            model=req.model or None,
+        )
     )
 
 
@@ -450,21 +454,25 @@ GENERATEIMAGE_NAMES = {"prompt": "positivePrompt", "negative_prompt": "negativeP
 
 
 def generateimage_params(core, req):
-    return core.params(prompt=req.positivePrompt, negative_prompt=req.negativePrompt)
+    return core.params(
+        GenerationRequest(prompt=req.positivePrompt, negative_prompt=req.negativePrompt)
+    )
 
 
-IMAGES_GENERATE_NAMES = {"steps": "num_inference_steps"}
+IMAGES_GENERATE_NAMES = {}
 
 
 def images_generate_params(core, req):
     return core.params(
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        width=req.width or 0,
-        height=req.height or 0,
-        steps=req.num_inference_steps or 0,
-        guidance_scale=req.guidance_scale,
-        seed=req.seed,
+        GenerationRequest(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            width=req.width or None,
+            height=req.height or None,
+            num_inference_steps=req.num_inference_steps or None,
+            guidance_scale=req.guidance_scale,
+            seed=req.seed,
+        )
     )
 
 
