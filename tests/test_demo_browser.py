@@ -161,7 +161,7 @@ def test_invalid_input_shows_the_servers_message(page, demo_url):
     page.fill("#sd-width input", "100")
     page.click("#sd-generate")
     expect(page.locator("#sd-message")).to_contain_text(
-        "Invalid input: width: must be a multiple of 8", timeout=20_000
+        "Invalid input: width: must be a multiple of 32", timeout=20_000
     )
 
 
