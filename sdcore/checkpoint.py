@@ -784,4 +784,3 @@ def load_model(path, copy=False) -> Model:
                 "infinite values; this checkpoint is damaged"
             )
     return model
-
