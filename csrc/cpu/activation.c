@@ -66,7 +66,7 @@ void cpu_softmax_f32(const float *x, float *out, int64_t M, int64_t N) {
 SD_MULTIVERSION
 static void gelu_erf_span(const float *restrict x, float *restrict out, int64_t n) {
     for (int64_t i = 0; i < n; i++)
-        out[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+        out[i] = sd_gelu_erf(x[i]);
 }
 
 SD_MULTIVERSION
@@ -120,11 +120,12 @@ void cpu_silu_f32(const float *x, float *out, int64_t n) {
     PARALLEL_SPANS(n, silu_span(x + i0, out + i0, len));
 }
 
+/* one pass: each output reads its value and its gate once (x's row is value | gate) */
 SD_MULTIVERSION
-static void geglu_row(const float *x, float *out, int64_t N) {
+static void geglu_row(const float *restrict x, float *restrict out, int64_t N) {
     const float *gate = x + N;
     for (int64_t j = 0; j < N; j++)
-        out[j] = x[j] * 0.5f * gate[j] * (1.0f + erff(gate[j] * 0.70710678118654752f));
+        out[j] = x[j] * sd_gelu_erf(gate[j]);
 }
 
 void cpu_geglu_f32(const float *x, float *out, int64_t M, int64_t N) {
