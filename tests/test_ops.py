@@ -308,3 +308,14 @@ def test_half_conversions(rng):
         assert np.array_equal(back, ref_back), name
     nan = ops.narrow(np.array([np.nan], np.float32), "float16")
     assert np.isnan(ops.widen(nan, "float16")).all()
+
+
+def test_convert_widens_every_half_exactly():
+    # every float16 bit pattern, three times over (the threaded path) and cut to an odd
+    # length (the tail after the last 8-wide group), against NumPy's widening
+    x = np.tile(np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16), 3)[:-5]
+    ours = ops.convert(x, "float16")
+    ref = x.astype(np.float32)
+    nan = np.isnan(ref)
+    assert ours.dtype == np.float32 and np.isnan(ours[nan]).all()
+    assert np.array_equal(ours[~nan].view(np.uint32), ref[~nan].view(np.uint32))

@@ -24,6 +24,9 @@
 #define SD_MULTIVERSION
 #endif
 
+/* n values of dtype (f32, f16 or bf16) at src -> f32 at dst; as sd_widen_to_f32, faster */
+void cpu_widen_to_f32(const void *src, sd_dtype dtype, float *dst, int64_t n);
+
 /* OpenBLAS single-threaded: OpenMP does all the threading (see matmul.c). */
 void cpu_blas_init(void);
 
