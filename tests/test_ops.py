@@ -98,6 +98,22 @@ def test_conv2d(rng, B, C, OC, H, W, k, stride, pad):
     check(ops.conv2d(x, w, b, stride=stride, padding=pad), ref)
 
 
+@pytest.mark.parametrize(
+    "H,W,k,stride,pad",
+    [
+        (7, 6, 3, 2, 2),  # padding wider than the kernel's reach past the edge
+        (4, 5, 5, 1, 3),  # output columns that see only padding
+        (9, 8, 3, 3, 1),  # stride 3: the valid columns end inside the row
+        (6, 11, 1, 1, 2),  # 1x1 with padding: not the plain GEMM
+    ],
+)
+def test_conv2d_padding_edges(rng, H, W, k, stride, pad):
+    # im2col copies each row's in-bounds run and zero-fills the rest
+    x, w, b = randn(rng, 2, 3, H, W), randn(rng, 4, 3, k, k), randn(rng, 4)
+    ref = F.conv2d(t64(x), t64(w), t64(b), stride=stride, padding=pad)
+    check(ops.conv2d(x, w, b, stride=stride, padding=pad), ref)
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_conv2d_add(rng, per_channel):
     x, w, b = randn(rng, 2, 16, 12, 10), randn(rng, 8, 16, 3, 3, scale=0.1), randn(rng, 8)
