@@ -180,6 +180,9 @@ def main():
         f"cores: {os.cpu_count()}, torch {torch.__version__} threads {torch.get_num_threads()},"
         f" sdcore threads {sdcore._C.build_info()['cpu_threads']}, clock {args.clock}"
     )
+    # run as a script, sdcore comes from the installed copy, which may not be this
+    # checkout's build (PYTHONPATH=. measures the checkout)
+    print(f"sdcore from {os.path.dirname(sdcore.__file__)}")
     shipped_model(args.repeat)
     if args.sd15:
         sd15(max(1, args.repeat - 2))

@@ -156,6 +156,9 @@ def main():
         f"cores: {os.cpu_count()}, torch {torch.__version__} threads {torch.get_num_threads()}, "
         f"sdcore threads {_C.build_info()['cpu_threads']}, clock {args.clock}"
     )
+    # run as `python bench/ops.py`, sdcore comes from the installed copy, which may not be
+    # this checkout's build (PYTHONPATH=. measures the checkout)
+    print(f"sdcore from {os.path.dirname(_C.__file__)}")
     print(f"{'op':36s} {'sdcore ms':>10s} {'torch ms':>10s} {'ratio':>7s} {'med ratio':>9s}")
     with torch.inference_mode():
         for name, ours, theirs in cases(rng):
