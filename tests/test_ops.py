@@ -6,6 +6,8 @@ error ||ours - ref|| / ||ref|| below 1e-5 and the largest error below 1e-4 of th
 largest reference value, both well inside float32 rounding of these sums.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -249,6 +251,24 @@ def test_geglu(rng):
     x = randn(rng, 2, 4096, 2560, scale=2)
     a, gate = t64(x).chunk(2, dim=-1)
     check(ops.geglu(x), a * F.gelu(gate))
+
+
+@pytest.mark.parametrize("shape", [(2, 256, 1024), (2, 64, 1024), (1, 3, 10)])
+def test_geglu_small_model_shapes(rng, shape):
+    # the shipped model's feed-forward (width 128, inner 512) at 16x16 and 8x8 latents,
+    # and a row shorter than one vector
+    x = randn(rng, *shape, scale=3)
+    a, gate = t64(x).chunk(2, dim=-1)
+    check(ops.geglu(x), a * F.gelu(gate))
+
+
+def test_gelu_negative_tail_is_accurate_relative_to_the_value():
+    # 0.5 x (1 + erf(x / sqrt 2)) cancels for x << 0 when computed as written; the value
+    # is 0.5 x erfc(-x / sqrt 2), taken here from the standard library in double
+    x = np.linspace(-12.0, -2.0, 4001).astype(np.float32)
+    ref = np.array([0.5 * v * math.erfc(-v / math.sqrt(2.0)) for v in x.astype(np.float64)])
+    rel = np.abs(ops.gelu(x).astype(np.float64) - ref) / np.abs(ref)
+    assert rel.max() < 2e-5, f"largest relative error {rel.max():.3g} at x = {x[rel.argmax()]}"
 
 
 # ------------------------------------------------------ data movement, misc ----
