@@ -6,8 +6,8 @@
  *   m' = max(m, rowmax S);  P = exp((S - m') * scale)
  *   l = l * exp((m - m') * scale) + rowsum P;  O = O * exp((m - m') * scale) + P V_blk (BLAS)
  * and O / l is the result. Only a QB x KB tile of scores exists (at most 512 KiB: it
- * stays in the core's L2 cache, where a whole 4096-key row block would not), and each query
- * block is independent, so blocks run in parallel, each thread calling the serial
+ * stays in the core's L2 cache, where a whole 4096-key row block would not), and each
+ * query block is independent, so blocks run in parallel, each thread calling the serial
  * GEMM. Heads are read in place from the (B, T, H*D) layout with a row stride of H*D:
  * no transposes. */
 #include <math.h>
@@ -22,8 +22,8 @@
 #include "fast_math.h"
 
 /* Query blocks of up to 256 rows: each key block is packed by the GEMM once per query
- * block, and larger blocks pay that less often (16x4096x4096, d40, one thread: 745 ms
- * at 64 rows, 620 ms at 256). A 256 x 512 score tile is 512 KiB, inside a core's L2.
+ * block, and larger blocks pay that less often (16x4096x4096, d40, one thread: 755 ms
+ * at 64 rows, 621 ms at 256). A 256 x 512 score tile is 512 KiB, inside a core's L2.
  * Smaller blocks when there would be too few to keep every thread busy. */
 #define ATTN_QBLOCK_MAX 256
 #define ATTN_QBLOCK_MIN 32

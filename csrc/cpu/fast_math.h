@@ -9,19 +9,19 @@
 #include <stdint.h>
 #include <string.h>
 
-/* x clamped to [lo, hi] (x is never NaN here), as a select on the bits rather than a
+/* x clamped to [lo, hi] (NaN becomes lo, as with `?:`), as a select on the bits, not a
  * `?:`. With `?:` GCC's jump threading clones the rest of the caller's loop body for
  * the clamped case, where everything is a constant: silu's x / (1 + exp(88)) then runs
  * in every lane and lands in the subnormal range, and each subnormal result costs a
  * microcode assist even in lanes whose result is discarded (silu 6x slower). The bit
  * select has no branch to thread, and vectorises to and/or (or vpternlog). */
 static inline float sd_clampf(float x, float lo, float hi) {
-    int32_t xi, li, hi_bits, m;
+    int32_t xi, lo_bits, hi_bits, m;
     memcpy(&xi, &x, 4);
-    memcpy(&li, &lo, 4);
+    memcpy(&lo_bits, &lo, 4);
     memcpy(&hi_bits, &hi, 4);
     m = -(int32_t)(x > lo); /* all ones where x is above lo */
-    xi = (xi & m) | (li & ~m);
+    xi = (xi & m) | (lo_bits & ~m);
     memcpy(&x, &xi, 4);
     m = -(int32_t)(x < hi);
     xi = (xi & m) | (hi_bits & ~m);
@@ -52,8 +52,8 @@ static inline float sd_expf(float x) {
     return p * scale;
 }
 
-/* erfc(z) for z >= 0, relative error below 1.2e-6 up to z = 5 (erfc = 1.5e-12) and
- * below 5e-6 out to z = 9.3, where it leaves the float range. erfc(z) = t exp(-z^2 + P(t))
+/* erfc(z) for z >= 0, relative error about 1e-6 up to z = 5 (erfc = 1.5e-12) and below
+ * 5e-6 out to z = 9.3, where it leaves the float range. erfc(z) = t exp(-z^2 + P(t))
  * with t = 1 / (1 + z/2): P varies slowly on t in (0, 1], and a degree-9 polynomial
  * (a least-squares fit of log(erfc(z) e^{z^2} / t) on z in [0, 10]) holds it to 2.5e-7.
  * Being relative, the error stays small in GELU's negative tail, where 1 + erf(z) is
