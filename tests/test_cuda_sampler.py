@@ -9,10 +9,10 @@ Inputs are fresh random model outputs and noise each run, at the latent shape of
 
 import numpy as np
 import pytest
-from test_samplers import SD15_CONFIG as SD15  # SD 1.5's scheduler config
 
 import sdcore
 from sdcore import _C
+from sdcore.configs import SD15_SCHEDULER as SD15
 
 available, reason = sdcore.cuda_available()
 cuda = pytest.mark.skipif(not available, reason=f"no CUDA: {reason}")
