@@ -13,7 +13,6 @@ diffusers does on the CPU.
 import dataclasses
 import json
 import os
-import threading
 
 import numpy as np
 
@@ -180,7 +179,6 @@ class Pipeline:
         self.random_weights = bool(getattr(model, "random_weights", False))
         self.rules = self._model_rules(model, guidance_scale=None)
         self._preview = PreviewMap(self.vae, self.latent_channels)
-        self._lock = threading.Lock()
 
     def _model_rules(self, model, guidance_scale):
         """The model's ModelRules: its native size, the multiple its UNet needs, its
@@ -348,25 +346,27 @@ class Pipeline:
 
         if callback is not None:
             self._preview.fit()  # callers may want previews: the VAE is free now
-        with self._lock:
-            pixels = _C.txt2img(
-                self.unet,
-                self.vae._model,
-                np.concatenate(conds),
-                np.concatenate(unconds),
-                np.asarray(guidance, np.float32),
-                np.asarray(seeds, np.uint64),
-                first.width,
-                first.height,
-                first.num_inference_steps,
-                first.sampler,
-                self._scheduler,
-                self.vae_scaling_factor,
-                self.vae.factor,
-                self.latent_channels,
-                on_step,
-                callback is not None,  # the latents leave the device only for a callback
-            )
+        # No lock of our own: _C.txt2img takes the UNet's and the VAE's locks (with the GIL
+        # released), the one guard of a model's activations (csrc/binding/device.c: one
+        # lock per CPU model, one for every GPU model), so concurrent calls queue there.
+        pixels = _C.txt2img(
+            self.unet,
+            self.vae._model,
+            np.concatenate(conds),
+            np.concatenate(unconds),
+            np.asarray(guidance, np.float32),
+            np.asarray(seeds, np.uint64),
+            first.width,
+            first.height,
+            first.num_inference_steps,
+            first.sampler,
+            self._scheduler,
+            self.vae_scaling_factor,
+            self.vae.factor,
+            self.latent_channels,
+            on_step,
+            callback is not None,  # the latents leave the device only for a callback
+        )
         if "latents" in last:
             self._preview.refit(last["latents"], pixels)
         steps, sampler = first.num_inference_steps, first.sampler

@@ -148,7 +148,13 @@ class Job:
 
 
 class ModelSlot:
-    """One loaded pipeline. The engine is not reentrant: `lock` serialises every call on it."""
+    """One loaded pipeline.
+
+    `busy` (loop side) keeps a second batch of this model from being dispatched while one runs.
+    `lock` (thread side) makes whole pipeline calls one at a time: prompt encoding, the
+    sampling loop and the preview map the pipeline refits afterwards, also when a batch's task
+    is gone but its engine thread still runs. The C calls inside need no lock here: the
+    binding's per-model locks (csrc/binding/device.c) guard each model's activations."""
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
