@@ -34,7 +34,7 @@ def cuda_mode():
 
 
 # C headers under csrc/ that kernel files include
-CUDA_SHARED_HEADERS = ["sdcore.h", "cuda_abi.h", "sampling/sampler_ops.h"]
+CUDA_SHARED_HEADERS = ["sdcore.h", "cuda_abi.h", "core/sampler_ops.h"]
 # Flags for one kernel file. sampler.cu runs the CPU samplers' expressions and must round
 # as the CPU does: no fused multiply-add.
 CUDA_FILE_FLAGS = {"sampler.cu": ["-fmad=false"]}

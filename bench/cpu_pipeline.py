@@ -112,19 +112,13 @@ def shipped_model(repeat):
 def sd15(repeat):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from sdcore.configs import SD15_UNET, SD15_VAE
     from sdcore.vae import VAE
 
     print("building random SD 1.5 UNet and VAE ...", flush=True)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        cross_attention_dim=768, attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280)
-    ).eval()
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-    ).eval()
+    unet = UNet2DConditionModel(**SD15_UNET).eval()
+    vae = AutoencoderKL(**SD15_VAE).eval()
     u_state = {k: v.numpy() for k, v in unet.state_dict().items()}
     v_state = {k: v.numpy() for k, v in vae.state_dict().items()}
     our_unet = sdcore._C.UNet(sdcore._C.Weights.from_arrays(u_state), dict(unet.config))

@@ -30,46 +30,7 @@ import torch
 
 import sdcore
 from sdcore import _C
-
-SD15_UNET = dict(
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    sample_size=64,
-)
-SD15_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    sample_size=512,
-)
-SD15_TEXT = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-)
-SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    steps_offset=1,
-    prediction_type="epsilon",
-    timestep_spacing="leading",
-)
+from sdcore.configs import SD15_SCHEDULER, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
 
 
 def best_time(fn, repeat):
@@ -96,9 +57,11 @@ def build_models(folder):
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(**SD15_UNET).half().cuda().eval()
     vae = diffusers.AutoencoderKL(**SD15_VAE).half().cuda().eval()
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**SD15_TEXT))
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**SD15_TEXT_ENCODER))
     text = text.half().cuda().eval()
-    scheduler = diffusers.EulerDiscreteScheduler(**SCHEDULER)
+    scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        SD15_SCHEDULER, timestep_spacing="leading"
+    )
     unet.save_pretrained(os.path.join(folder, "unet"))
     vae.save_pretrained(os.path.join(folder, "vae"))
     text.save_pretrained(os.path.join(folder, "text_encoder"))

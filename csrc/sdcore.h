@@ -131,11 +131,11 @@ sd_status sd_weights_to_backend(const sd_weights *src, const sd_backend *be, sd_
 /* ---------------------------------------------------------------- backend --- */
 
 /* An element-wise sampler update: out[k] = f(in[0][k], ..., in[5][k]) for k < n, with
- * scalars c[] worked out on the host (see sampling/sampler_ops.h for each kind). out may
+ * scalars c[] worked out on the host (see core/sampler_ops.h for each kind). out may
  * be one of the inputs. */
 #define SD_SAMPLER_OP_INPUTS 6
 typedef struct {
-    int kind;  /* sd_sampler_op_kind of sampling/sampler_ops.h */
+    int kind;  /* sd_sampler_op_kind of core/sampler_ops.h */
     int flags; /* per kind: v-prediction, clipping, order */
     int64_t n;
     float c[8];
@@ -233,7 +233,7 @@ struct sd_backend {
                                   sd_tensor *out);
 
     /* One element-wise update of a diffusion sampler on float32 vectors of this backend
-     * (sampling/sampler_ops.h says what each kind computes; the CPU and GPU run the same
+     * (core/sampler_ops.h says what each kind computes; the CPU and GPU run the same
      * expressions, in the same order, so their results agree bit for bit). */
     sd_status (*sampler_op)(const sd_backend *be, const sd_sampler_op *op);
 

@@ -1,12 +1,12 @@
 // The samplers' element-wise updates on the GPU, so that latents stay on the device for
 // the whole denoising loop.
 //
-// The arithmetic is sampling/sampler_ops.h, the same expressions the CPU runs; setup.py
+// The arithmetic is core/sampler_ops.h, the same expressions the CPU runs; setup.py
 // compiles this file with -fmad=false so that no multiply and add fuse into one rounding,
 // as they do not on the CPU: both devices then agree bit for bit. An update touches a few
 // thousand latents; one thread each is plenty.
 #include "cuda_common.cuh"
-#include "sampling/sampler_ops.h"
+#include "core/sampler_ops.h"
 
 namespace {
 

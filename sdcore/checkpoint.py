@@ -44,6 +44,13 @@ from typing import NamedTuple
 
 from sdcore import _C
 from sdcore._C import FormatError, UnsupportedError
+from sdcore.configs import (
+    SD15_SCHEDULER,
+    SD15_TEXT_ENCODER,
+    SD15_TEXT_HEAD_SIZE,
+    SD15_UNET,
+    SD15_VAE,
+)
 from sdcore.text_encoder import tensors as text_encoder_tensors
 from sdcore.vae import tensors as vae_tensors
 
@@ -94,105 +101,9 @@ class Model:
 
 # ------------------------------------------------------------------ families -----
 
-# Defaults of Stable Diffusion 1.x (the configs of the SD 1.5 release): values that
-# cannot be read from tensor shapes, and what a folder's config.json may leave out.
-SD1_UNET_CONFIG = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "center_input_sample": False,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "only_cross_attention": False,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "downsample_padding": 1,
-    "mid_block_scale_factor": 1,
-    "dropout": 0.0,
-    "act_fn": "silu",
-    "norm_num_groups": 32,
-    "norm_eps": 1e-05,
-    "cross_attention_dim": 768,
-    "transformer_layers_per_block": 1,
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
-    # diffusers' name for the number of heads in SD 1.x (8 everywhere, head size C / 8);
-    # weights do not show it, so it is the family's constant
-    "attention_head_dim": 8,
-    "num_attention_heads": None,
-    "dual_cross_attention": False,
-    "use_linear_projection": False,
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "num_class_embeds": None,
-    "upcast_attention": False,
-    "resnet_time_scale_shift": "default",
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "conv_in_kernel": 3,
-    "conv_out_kernel": 3,
-}
 
-SD1_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-    "scaling_factor": 0.18215,
-    "shift_factor": None,
-    "latents_mean": None,
-    "latents_std": None,
-    "force_upcast": True,
-    "use_quant_conv": True,
-    "use_post_quant_conv": True,
-    "mid_block_add_attention": True,
-}
-
-SD1_TEXT_CONFIG = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "projection_dim": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-05,
-    "attention_dropout": 0.0,
-    "initializer_range": 0.02,
-    "initializer_factor": 1.0,
-    "pad_token_id": 1,
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-}
-
-SD1_SCHEDULER_CONFIG = {
-    "_class_name": "PNDMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "trained_betas": None,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
-
-# CLIP ViT-L/14 (SD 1.x's text encoder) has 64-wide attention heads
-SD1_TEXT_HEAD_SIZE = 64
-
-
+# A family's configs are its defaults: values that cannot be read from tensor shapes, and
+# what a folder's config.json may leave out (sdcore/configs.py declares SD 1.x's).
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -206,11 +117,11 @@ class Family:
 FAMILIES = {
     "sd1": Family(
         "sd1",
-        SD1_UNET_CONFIG,
-        SD1_VAE_CONFIG,
-        SD1_TEXT_CONFIG,
-        SD1_SCHEDULER_CONFIG,
-        SD1_TEXT_HEAD_SIZE,
+        SD15_UNET,
+        SD15_VAE,
+        SD15_TEXT_ENCODER,
+        SD15_SCHEDULER,
+        SD15_TEXT_HEAD_SIZE,
     ),
 }
 

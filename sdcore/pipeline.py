@@ -13,7 +13,6 @@ diffusers does on the CPU.
 import dataclasses
 import json
 import os
-import threading
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from sdcore import _C, __version__
 from sdcore import params as P
 from sdcore.checkpoint import load_model
 from sdcore.devices import compute_dtype, place_weights, require_cuda
+from sdcore.preview import PreviewMap
 from sdcore.prompt import checked_chunk_count, chunk_count, encode_prompt
 from sdcore.request import (
     DEFAULT_GUIDANCE,
@@ -178,7 +178,7 @@ class Pipeline:
         self.is_default_model = bool(getattr(model, "is_default", False))
         self.random_weights = bool(getattr(model, "random_weights", False))
         self.rules = self._model_rules(model, guidance_scale=None)
-        self._lock = threading.Lock()
+        self._preview = PreviewMap(self.vae, self.latent_channels)
 
     def _model_rules(self, model, guidance_scale):
         """The model's ModelRules: its native size, the multiple its UNet needs, its
@@ -258,44 +258,10 @@ class Pipeline:
     def latents_to_rgb(self, latents):
         """A quick preview of the sampler's latents (N, C, h, w): uint8 (N, H, W, 3) at the
         image size, from a linear map of each latent pixel to the colour of the block it
-        decodes to. The map is fitted once per pipeline by least squares on one decode of
-        random latents, so it fits whatever autoencoder the model has. (A call with a
-        callback fits it first: the VAE is busy while the callback runs.)"""
-        self._fit_preview_map()
-        lat = np.asarray(latents, dtype=np.float32)
-        n, c, h, w = lat.shape
-        feats = np.concatenate([lat.transpose(0, 2, 3, 1), np.ones((n, h, w, 1), np.float32)], -1)
-        rgb = feats @ self._preview_map.astype(np.float32)  # (N, h, w, 3) in about [-1, 1]
-        rgb = np.clip((rgb + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-        f = self.vae.factor
-        return np.repeat(np.repeat(rgb, f, axis=1), f, axis=2)
-
-    def _refit_preview_map(self, latents, pixels):
-        """Fit the preview map again with a finished generation added: its last latents
-        against its image, averaged over the block each latent pixel decodes to. Real
-        latents fit the map far better than the random ones of the first fit; the last 32
-        generations are kept so that one image's colours do not take over the map."""
-        f = self.vae.factor
-        n, c, h, w = latents.shape
-        img = pixels.astype(np.float32) / 127.5 - 1.0  # (N, H, W, 3)
-        blocks = img.reshape(n, h, f, w, f, 3).mean(axis=(2, 4)).reshape(-1, 3)
-        feats = latents.transpose(0, 2, 3, 1).reshape(-1, c)
-        feats = np.concatenate([feats, np.ones((feats.shape[0], 1), np.float32)], 1)
-        seen = getattr(self, "_preview_data", [])[-31:] + [(feats, blocks)]
-        self._preview_data = seen
-        self._preview_map = np.linalg.lstsq(
-            np.concatenate([a for a, _ in seen]), np.concatenate([b for _, b in seen]), rcond=None
-        )[0]
-
-    def _fit_preview_map(self):
-        if getattr(self, "_preview_map", None) is None:
-            f = self.vae.factor
-            z = np.random.default_rng(0).standard_normal((1, self.latent_channels, 16, 16))
-            z = z.astype(np.float32)
-            img = self.vae.decode(z / self.vae_scaling_factor)[0]  # (3, 16f, 16f) in [-1, 1]
-            blocks = img.reshape(3, 16, f, 16, f).mean(axis=(2, 4)).reshape(3, -1).T
-            feats = np.concatenate([z[0].reshape(self.latent_channels, -1).T, np.ones((256, 1))], 1)
-            self._preview_map = np.linalg.lstsq(feats, blocks, rcond=None)[0]  # (C + 1, 3)
+        decodes to (sdcore/preview.py). The map is fitted once per pipeline by least squares
+        on one decode of random latents, so it fits whatever autoencoder the model has. (A
+        call with a callback fits it first: the VAE is busy while the callback runs.)"""
+        return self._preview.to_rgb(latents)
 
     def __call__(
         self,
@@ -381,28 +347,30 @@ class Pipeline:
             return bool(should_stop is not None and should_stop())
 
         if callback is not None:
-            self._fit_preview_map()  # callers may want previews: the VAE is free now
-        with self._lock:
-            pixels = _C.txt2img(
-                self.unet,
-                self.vae._model,
-                np.concatenate(conds),
-                np.concatenate(unconds),
-                np.asarray(guidance, np.float32),
-                np.asarray(seeds, np.uint64),
-                first.width,
-                first.height,
-                first.num_inference_steps,
-                first.sampler,
-                self._scheduler,
-                self.vae_scaling_factor,
-                self.vae.factor,
-                self.latent_channels,
-                on_step,
-                callback is not None,  # the latents leave the device only for a callback
-            )
+            self._preview.fit()  # callers may want previews: the VAE is free now
+        # No lock of our own: _C.txt2img takes the UNet's and the VAE's locks (with the GIL
+        # released), the one guard of a model's activations (csrc/binding/device.c: one
+        # lock per CPU model, one for every GPU model), so concurrent calls queue there.
+        pixels = _C.txt2img(
+            self.unet,
+            self.vae._model,
+            np.concatenate(conds),
+            np.concatenate(unconds),
+            np.asarray(guidance, np.float32),
+            np.asarray(seeds, np.uint64),
+            first.width,
+            first.height,
+            first.num_inference_steps,
+            first.sampler,
+            self._scheduler,
+            self.vae_scaling_factor,
+            self.vae.factor,
+            self.latent_channels,
+            on_step,
+            callback is not None,  # the latents leave the device only for a callback
+        )
         if "latents" in last:
-            self._refit_preview_map(last["latents"], pixels)
+            self._preview.refit(last["latents"], pixels)
         steps, sampler = first.num_inference_steps, first.sampler
         return [
             GeneratedImage(pixels[i], p, neg, s, steps, sampler, g, self.name)

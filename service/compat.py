@@ -98,7 +98,7 @@ class Text2ImageServicer(text2image_pb2_grpc.Text2ImageServiceServicer):
             model_version=f"{model} (sdcore {sdcore.__version__})",
             device=device,
             memory_rss_bytes=rss,
-            queue_depth=core.scheduler.queue_depth(),
-            jobs_in_flight=core.scheduler.in_flight(),
+            queue_depth=core.batcher.queue_depth(),
+            jobs_in_flight=core.batcher.in_flight(),
             uptime_seconds=core.uptime(),
         )

@@ -1,4 +1,4 @@
-"""What every servicer shares: the loaded models, request validation, the scheduler, and the
+"""What every servicer shares: the loaded models, request validation, the batcher, and the
 wrapper that turns service errors into gRPC status codes, counts RPCs and logs them."""
 
 import asyncio
@@ -15,8 +15,8 @@ import grpc
 import sdcore
 from sdcore.request import LIMITS, ValidationError
 from service.auth import API_KEY_HEADER
+from service.batcher import Batcher, EmbeddingParams, Job, ModelSlot, Params
 from service.errors import InvalidArgument, ServiceError, Unavailable, quoted
-from service.scheduler import EmbeddingParams, Job, ModelSlot, Params, Scheduler
 
 log = logging.getLogger("service")
 
@@ -33,7 +33,7 @@ class ServiceCore:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="sdcore-engine"
         )
-        self.scheduler = Scheduler(
+        self.batcher = Batcher(
             self.slots,
             self.executor,
             queue_size=config.queue_size,
@@ -175,7 +175,7 @@ class ServiceCore:
             deadline=deadline,
             owner=caller(context),
         )
-        return self.scheduler.submit(job)
+        return self.batcher.submit(job)
 
     async def embedding(self, prompt, model, context):
         """A prompt's embedding, through the same queue as generations."""
@@ -195,7 +195,7 @@ class ServiceCore:
         """The job's RPC is over before its result: free its place, stop its work. Reads only the
         job, never the RPC's context, which may be gone by then."""
         late = job.deadline is not None and time.monotonic() >= job.deadline
-        self.scheduler.abandon(job, "deadline passed" if late else "the client cancelled")
+        self.batcher.abandon(job, "deadline passed" if late else "the client cancelled")
 
     async def generate(self, params, context):
         """Submit and wait: what the unary RPCs do."""
@@ -206,7 +206,7 @@ class ServiceCore:
         """Finish or answer every job within `grace` seconds (and the engine's stop wait).
         Returns False when an engine call is still running its last step."""
         self.state = "shutting_down"
-        idle = await self.scheduler.close(grace)
+        idle = await self.batcher.close(grace)
         self.executor.shutdown(wait=idle, cancel_futures=True)
         return idle
 

@@ -9,7 +9,7 @@ Three families of routes, each answering in the shapes its existing clients expe
 
 Every generation is built by ServiceCore.params (the one validation of field values; this
 module checks only the JSON's shape and types), queued with core.submit and batched by the
-scheduler with gRPC requests. A client that disconnects while its request waits or runs
+batcher with gRPC requests. A client that disconnects while its request waits or runs
 cancels its job. API key, TLS, the body size limit, metrics and logs follow the server's
 configuration. FastAPI runs on uvicorn, whose Server.serve() is a task on the gRPC loop.
 """
@@ -739,7 +739,7 @@ class HttpApi:
         for record in list(self.a1111_jobs.values()):
             if record.job.state == "running":
                 try:
-                    self.core.scheduler.cancel(record.job.id, reason, owner=record.job.owner)
+                    self.core.batcher.cancel(record.job.id, reason, owner=record.job.owner)
                 except NotFound:
                     pass  # finished meanwhile
 
@@ -880,8 +880,8 @@ class HttpApi:
             body = {
                 "status": status,
                 "model": core.default_model,
-                "queue_depth": core.scheduler.queue_depth(),
-                "jobs_in_flight": core.scheduler.in_flight(),
+                "queue_depth": core.batcher.queue_depth(),
+                "jobs_in_flight": core.batcher.in_flight(),
                 "version": sdcore.__version__,
             }
             return JSONResponse(body, status_code=200 if status == "ok" else 503)

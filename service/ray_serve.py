@@ -247,7 +247,7 @@ class Engine:
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.core = ServiceCore(cfg, RayMetrics())
         self.servicer = SdcoreServicer(self.core)
-        self.core.scheduler.start()
+        self.core.batcher.start()
         await self.core.load(cfg.model, cfg.device)
         self.core.state = "ready"
         log.info("replica ready", extra={"replica_id": self.replica_id, "pid": os.getpid()})

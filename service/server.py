@@ -149,7 +149,7 @@ class SdcoreServer:
             self.metrics_port = self.metrics.start_http(
                 cfg.metrics_port, cfg.metrics_host.strip("[]")
             )
-        core.scheduler.start()
+        core.batcher.start()
         log.info(
             "listening",
             extra={
@@ -188,18 +188,18 @@ class SdcoreServer:
     async def stop(self, grace=None):
         """Stop taking jobs; give queued and running ones `grace` seconds; answer what is left
         UNAVAILABLE; then stop the gRPC server. Returns False when an engine call is still in
-        its last step (see Scheduler.close)."""
+        its last step (see Batcher.close)."""
         grace = self.config.grace_period if grace is None else grace
         log.info(
             "shutting down",
             extra={
                 "grace_seconds": grace,
-                "queued": self.core.scheduler.queue_depth(),
-                "running": self.core.scheduler.in_flight(),
+                "queued": self.core.batcher.queue_depth(),
+                "running": self.core.batcher.in_flight(),
             },
         )
         self.core.state = "shutting_down"
-        self.core.scheduler.accepting = False
+        self.core.batcher.accepting = False
         await self.health.enter_graceful_shutdown()
         if self.loaded is not None and not self.loaded.done():
             self.loaded.cancel()

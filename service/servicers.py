@@ -103,7 +103,7 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
         if not request.job_id:
             raise InvalidArgument("job_id: empty")
         _check_job_id(request.job_id)
-        previous = self.core.scheduler.cancel(
+        previous = self.core.batcher.cancel(
             request.job_id, "cancelled by a Cancel request", owner=caller(context)
         )
         return pb.CancelResponse(job_id=request.job_id, previous_state=previous)
@@ -114,15 +114,15 @@ class SdcoreServicer(pb_grpc.SdcoreServicer):
         rss, peak = memory_bytes()
         reply = pb.StatusResponse(
             version=sdcore.__version__,
-            queue_depth=core.scheduler.queue_depth(),
-            jobs_in_flight=core.scheduler.in_flight(),
+            queue_depth=core.batcher.queue_depth(),
+            jobs_in_flight=core.batcher.in_flight(),
             uptime_seconds=core.uptime(),
             rss_bytes=rss,
             peak_rss_bytes=peak,
             model_loaded=core.state != "loading" and bool(core.slots),
             queue_capacity=core.config.queue_size,
             max_batch_size=core.config.max_batch_size,
-            images_generated=core.scheduler.images_generated,
+            images_generated=core.batcher.images_generated,
             device=core.config.device,
         )
         if core.default_model is not None:

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 import sdcore
-from sdcore import checkpoint
+from sdcore import checkpoint, configs
 
 # two small architectures: (A) the smallest, text width 32 with 4 heads (not 64-wide, so
 # only a folder's config.json can describe it); (B) deeper: 3 levels, 2 layers a block,
@@ -221,7 +221,7 @@ def test_folder_defaults_and_legacy_names(tmp_path, rng):
     save_file(text_sd, os.path.join(folder, "text_encoder", "model.safetensors"))
     model = sdcore.load_model(folder)
     assert model.tokenizer_dir is None
-    assert model.scheduler_config == checkpoint.SD1_SCHEDULER_CONFIG
+    assert model.scheduler_config == configs.SD15_SCHEDULER
     assert_weights_equal(model.vae.weights, sds["vae"], "vae")
     assert_weights_equal(model.text_encoder.weights, sds["text_encoder"], "text encoder")
 
@@ -289,7 +289,7 @@ def test_single_file(tmp_path, rng, dtype):
     model = sdcore.load_model(path)
     assert (model.name, model.family, model.tokenizer_dir) == ("tiny-sd", "sd1", None)
     assert model.metadata == {"format": "pt"}
-    assert model.scheduler_config == checkpoint.SD1_SCHEDULER_CONFIG
+    assert model.scheduler_config == configs.SD15_SCHEDULER
     want = {c: {k: v.to(dtype) for k, v in sd.items()} for c, sd in sds.items()}
     assert_weights_equal(model.unet.weights, want["unet"], "unet")
     assert_weights_equal(model.vae.weights, want["vae"], "vae")

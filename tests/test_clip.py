@@ -7,6 +7,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 import sdcore
 from sdcore import _C, ops
+from sdcore.configs import SD15_TEXT_ENCODER
 from sdcore.text_encoder import TextEncoder
 
 SMALL = dict(
@@ -97,18 +98,9 @@ def test_half_weights(rng):
 
 def test_sd15_config(rng):
     """The real 123M-parameter text tower of SD 1.x, once."""
-    config = dict(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-    )
-    model, cfg, state = make_model(int(rng.integers(1 << 30)), **config)
+    model, cfg, state = make_model(int(rng.integers(1 << 30)), **SD15_TEXT_ENCODER)
     enc = TextEncoder(cfg.to_dict(), _C.Weights.from_arrays(state))
-    ids = random_ids(rng, 1, 77, 49408)
+    ids = random_ids(rng, 1, 77, SD15_TEXT_ENCODER["vocab_size"])
     with torch.no_grad():
         ref = model(torch.from_numpy(ids).long()).last_hidden_state.numpy()
     assert rel_err(enc.encode(ids), ref) <= 1e-4

@@ -1,6 +1,6 @@
 """The samplers' updates on the GPU against the CPU's (skipped without a GPU).
 
-The GPU runs the same float32 expressions as the CPU (sampling/sampler_ops.h), without
+The GPU runs the same float32 expressions as the CPU (core/sampler_ops.h), without
 fused multiply-adds, so every intermediate sample of a whole loop must be bit for bit
 the CPU's; the CPU samplers themselves are checked against diffusers in test_samplers.
 Inputs are fresh random model outputs and noise each run, at the latent shape of a
@@ -9,10 +9,10 @@ Inputs are fresh random model outputs and noise each run, at the latent shape of
 
 import numpy as np
 import pytest
-from test_samplers import SD15_CONFIG as SD15  # SD 1.5's scheduler config
 
 import sdcore
 from sdcore import _C
+from sdcore.configs import SD15_SCHEDULER as SD15
 
 available, reason = sdcore.cuda_available()
 cuda = pytest.mark.skipif(not available, reason=f"no CUDA: {reason}")

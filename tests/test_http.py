@@ -63,8 +63,8 @@ def wait_for(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def scheduler(srv):
-    return srv.server.core.scheduler
+def batcher(srv):
+    return srv.server.core.batcher
 
 
 def start_blocker(srv, steps=300, job_id="blocker"):
@@ -72,7 +72,7 @@ def start_blocker(srv, steps=300, job_id="blocker"):
     future = srv.stub().Generate.future(
         pb.GenerateRequest(prompt="block", steps=steps, job_id=job_id)
     )
-    wait_for(lambda: scheduler(srv).in_flight() == 1, what="the blocker to run")
+    wait_for(lambda: batcher(srv).in_flight() == 1, what="the blocker to run")
     return future
 
 
@@ -294,17 +294,17 @@ def test_grpc_and_http_requests_share_one_queue_and_batch(server, engine, client
         "/api/v1/images/generate",
         json={"prompt": "from http", "seed": 3, "num_inference_steps": 3},
     )
-    wait_for(lambda: scheduler(server).queue_depth() == 1, what="the HTTP job to queue")
+    wait_for(lambda: batcher(server).queue_depth() == 1, what="the HTTP job to queue")
     from_webui = pool.submit(
         client.post,
         "/sdapi/v1/txt2img",
         json={"prompt": "from the web UI", "seed": 5, "steps": 3},
     )
-    wait_for(lambda: scheduler(server).queue_depth() == 2, what="the web UI job to queue")
+    wait_for(lambda: batcher(server).queue_depth() == 2, what="the web UI job to queue")
     from_grpc = server.stub().Generate.future(
         pb.GenerateRequest(prompt="from grpc", seed=4, steps=3)
     )
-    wait_for(lambda: scheduler(server).queue_depth() == 3, what="the gRPC job to queue")
+    wait_for(lambda: batcher(server).queue_depth() == 3, what="the gRPC job to queue")
     server.stub().Cancel(pb.CancelRequest(job_id="blocker"))
     reply = from_grpc.result(timeout=10)
     assert reply.timings.batch_requests == 3
@@ -336,13 +336,13 @@ def _raw_post(srv, path, payload):
 
 def test_disconnect_while_running_stops_the_engine(server, engine, client):
     sock = _raw_post(server, "/sdapi/v1/txt2img", {"prompt": "long", "steps": 500})
-    wait_for(lambda: scheduler(server).in_flight() == 1, what="the job to run")
+    wait_for(lambda: batcher(server).in_flight() == 1, what="the job to run")
     wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 2)
     t0 = time.monotonic()
     sock.close()
     wait_for(lambda: engine.stopped_calls == 1, what="the engine to stop")
     assert time.monotonic() - t0 < 20 * STEP + 2.0
-    wait_for(lambda: scheduler(server).in_flight() == 0, what="the job to leave")
+    wait_for(lambda: batcher(server).in_flight() == 0, what="the job to leave")
     assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
     # the engine is free at once for the next request
     reply = client.post("/api/v1/images/generate", json={"prompt": "next", "seed": 9})
@@ -361,11 +361,11 @@ def test_disconnect_while_queued_frees_the_place(server, engine):
             ("/v1/images/generations", {"prompt": "queued three"}),
         )
     ]
-    wait_for(lambda: scheduler(server).queue_depth() == 3, what="three queued jobs")
+    wait_for(lambda: batcher(server).queue_depth() == 3, what="three queued jobs")
     for i, sock in enumerate(socks):
         sock.close()
-        wait_for(lambda i=i: scheduler(server).queue_depth() == 2 - i, what="a freed place")
-    assert scheduler(server).in_flight() == 1 and engine.stopped_calls == 0
+        wait_for(lambda i=i: batcher(server).queue_depth() == 2 - i, what="a freed place")
+    assert batcher(server).in_flight() == 1 and engine.stopped_calls == 0
     blocker.cancel()
     wait_for(lambda: engine.stopped_calls == 1, what="the blocker to stop")
 
@@ -375,7 +375,7 @@ def test_full_queue_is_503_with_retry_after():
     with http_server([engine], queue_size=1) as srv:
         blocker = start_blocker(srv)
         waiting = srv.stub().Generate.future(pb.GenerateRequest(prompt="waits", steps=2))
-        wait_for(lambda: scheduler(srv).queue_depth() == 1, what="a full queue")
+        wait_for(lambda: batcher(srv).queue_depth() == 1, what="a full queue")
         with httpx.Client(base_url=base_url(srv), timeout=10) as client:
             for path, payload, error in (
                 ("/sdapi/v1/txt2img", {"prompt": "x"}, lambda b: b["error"]),
@@ -741,7 +741,7 @@ def test_graceful_shutdown_finishes_http_requests():
         httpx.post, url + "/api/v1/images/generate", json={"prompt": "x", "seed": 8,
                                                            "num_inference_steps": 40}
     )  # fmt: skip
-    wait_for(lambda: scheduler(srv).in_flight() == 1, what="the job to run")
+    wait_for(lambda: batcher(srv).in_flight() == 1, what="the job to run")
     stopping = pool.submit(srv.stop, 10.0)
     wait_for(lambda: srv.server.core.state == "shutting_down", what="shutdown to begin")
     reply = running.result(15)

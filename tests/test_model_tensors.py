@@ -5,9 +5,9 @@ the same configs, and a checkpoint's tensors checked against that declaration.
 The declaration is what the engine binds when it builds a model and what
 sdcore.checkpoint checks a file against; the reference is the set of (name, shape) of
 UNet2DConditionModel, AutoencoderKL and CLIPTextModel. SD 1.5's configs are the ones
-the benchmarks and tools build SD 1.5 from (bench/gpu.py) and the ones sdcore loads
-single files with (checkpoint.FAMILIES["sd1"]); its models are built on the meta device
-(shapes without memory), the tiny ones with random weights.
+the benchmarks and tools build SD 1.5 from (sdcore/configs.py, which bench/gpu.py reads)
+and the ones sdcore loads single files with (checkpoint.FAMILIES["sd1"]); its models are
+built on the meta device (shapes without memory), the tiny ones with random weights.
 """
 
 import importlib.util
@@ -29,11 +29,11 @@ BENCH_GPU = os.path.join(os.path.dirname(__file__), "..", "bench", "gpu.py")
 
 
 def bench_sd15():
-    """SD15_UNET, SD15_VAE, SD15_TEXT of bench/gpu.py (also read by tools/gpu_memory.py)."""
+    """The SD 1.5 configs bench/gpu.py builds its models from (tools/gpu_memory.py too)."""
     spec = importlib.util.spec_from_file_location("bench_gpu", BENCH_GPU)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.SD15_UNET, module.SD15_VAE, module.SD15_TEXT
+    return module.SD15_UNET, module.SD15_VAE, module.SD15_TEXT_ENCODER
 
 
 def shapes(state_dict, prefix=""):

@@ -21,20 +21,9 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import sdcore
+from sdcore.configs import SD15_SCHEDULER, SD15_SPECIAL_TOKENS_MAP, SD15_TOKENIZER_CONFIG
 from sdcore.pipeline import Pipeline
 from sdcore.request import LIMITS
-
-SD15_SCHEDULER = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
 
 SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),
@@ -52,15 +41,10 @@ SCHEDULERS = {
 
 def clip_tokenizer(path):
     """transformers' CLIPTokenizer from the BPE data sdcore ships (no hub access here)."""
-    from test_tokenizer import (
-        SD1_SPECIAL_TOKENS_MAP,
-        SD1_TOKENIZER_CONFIG,
-        clip_vocab_and_merges,
-        write_folder,
-    )
+    from test_tokenizer import clip_vocab_and_merges, write_folder
 
     vocab, merges = clip_vocab_and_merges()
-    folder = write_folder(path, vocab, merges, SD1_TOKENIZER_CONFIG, SD1_SPECIAL_TOKENS_MAP)
+    folder = write_folder(path, vocab, merges, SD15_TOKENIZER_CONFIG, SD15_SPECIAL_TOKENS_MAP)
     return CLIPTokenizer.from_pretrained(str(folder))
 
 

@@ -23,22 +23,11 @@ from diffusers.schedulers import scheduling_euler_ancestral_discrete, scheduling
 
 import sdcore
 from sdcore import _C, samplers
+from sdcore.configs import SD15_SCHEDULER
 
 # the class itself, not the placeholder diffusers exports when scipy is missing
 LMSDiscreteScheduler = scheduling_lms_discrete.LMSDiscreteScheduler
 
-SD15_CONFIG = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
 
 DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 REFERENCE = {
@@ -173,8 +162,8 @@ def check_loop(kind, steps, config, monkeypatch, seed=None):
 @pytest.mark.parametrize("kind", list(REFERENCE))
 @pytest.mark.parametrize("steps", STEPS)
 def test_matches_diffusers(kind, steps, monkeypatch):
-    check_schedule(kind, steps, SD15_CONFIG)
-    worst = check_loop(kind, steps, SD15_CONFIG, monkeypatch)
+    check_schedule(kind, steps, SD15_SCHEDULER)
+    worst = check_loop(kind, steps, SD15_SCHEDULER, monkeypatch)
     print(f"{kind} {steps}: max rel err {worst:.3g}")
 
 
@@ -182,7 +171,7 @@ def test_matches_diffusers(kind, steps, monkeypatch):
 @pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
 @pytest.mark.parametrize("steps", [1, 3, 7, 30])
 def test_timestep_spacing(kind, spacing, steps, monkeypatch):
-    config = {**SD15_CONFIG, "timestep_spacing": spacing}
+    config = {**SD15_SCHEDULER, "timestep_spacing": spacing}
     check_schedule(kind, steps, config)
     check_loop(kind, steps, config, monkeypatch)
 
@@ -190,7 +179,7 @@ def test_timestep_spacing(kind, spacing, steps, monkeypatch):
 @pytest.mark.parametrize("kind", list(REFERENCE))
 @pytest.mark.parametrize("steps", [1, 4, 20])
 def test_v_prediction(kind, steps, monkeypatch):
-    config = {**SD15_CONFIG, "prediction_type": "v_prediction"}
+    config = {**SD15_SCHEDULER, "prediction_type": "v_prediction"}
     check_schedule(kind, steps, config)
     check_loop(kind, steps, config, monkeypatch)
 
@@ -214,7 +203,7 @@ def test_v_prediction(kind, steps, monkeypatch):
 )
 @pytest.mark.parametrize("steps", [3, 12, 25])
 def test_config_variants(kind, extra, steps, monkeypatch):
-    config = {**SD15_CONFIG, **extra}
+    config = {**SD15_SCHEDULER, **extra}
     check_schedule(kind, steps, config)
     check_loop(kind, steps, config, monkeypatch)
 
@@ -222,7 +211,7 @@ def test_config_variants(kind, extra, steps, monkeypatch):
 def test_trained_betas(monkeypatch):
     rng = np.random.default_rng()
     betas = np.sort(rng.uniform(1e-4, 0.03, 1000)).astype(np.float32)
-    config = {**SD15_CONFIG, "trained_betas": betas.tolist()}
+    config = {**SD15_SCHEDULER, "trained_betas": betas.tolist()}
     for kind in ("ddim", "euler", "dpmpp_2m"):
         s = check_schedule(kind, 10, config)
         ref = REFERENCE[kind][0].from_config(config, **REFERENCE[kind][1])
@@ -232,7 +221,7 @@ def test_trained_betas(monkeypatch):
 
 def test_alphas_cumprod_bitwise():
     for schedule in ("scaled_linear", "linear"):
-        config = {**SD15_CONFIG, "beta_schedule": schedule}
+        config = {**SD15_SCHEDULER, "beta_schedule": schedule}
         ref = DDIMScheduler.from_config(config).alphas_cumprod.numpy()
         np.testing.assert_array_equal(_C.Sampler("ddim", 10, config).alphas_cumprod, ref)
 
@@ -243,7 +232,7 @@ def test_scheduler_config_parsed_once():
     and a bad field is named when it is made."""
     rng = np.random.default_rng()
     betas = np.sort(rng.uniform(1e-4, 0.03, 1000)).astype(np.float32)
-    config = {**SD15_CONFIG, "trained_betas": betas.tolist(), "timestep_spacing": "trailing"}
+    config = {**SD15_SCHEDULER, "trained_betas": betas.tolist(), "timestep_spacing": "trailing"}
     parsed = _C.SchedulerConfig(config)
     from_dict = _C.Sampler("dpmpp_2m_karras", 15, dict(config))
     del config["trained_betas"]  # the parsed betas do not borrow the list
@@ -274,7 +263,7 @@ def test_names_and_python_module():
 
 def test_default_config_is_sd15():
     a = _C.Sampler("dpmpp_2m_karras", 20)
-    b = _C.Sampler("dpmpp_2m_karras", 20, SD15_CONFIG)
+    b = _C.Sampler("dpmpp_2m_karras", 20, SD15_SCHEDULER)
     np.testing.assert_array_equal(a.timesteps, b.timesteps)
     np.testing.assert_array_equal(a.sigmas, b.sigmas)
 
@@ -349,13 +338,13 @@ def _reference_extra(kind):
 
 @pytest.mark.parametrize("kind", list(REFERENCE))
 @pytest.mark.parametrize(
-    "missing", [k for k in SD15_CONFIG if k not in ("_class_name", "skip_prk_steps")]
+    "missing", [k for k in SD15_SCHEDULER if k not in ("_class_name", "skip_prk_steps")]
 )
 def test_a_missing_key_takes_the_scheduler_class_default(kind, missing, monkeypatch):
     """A key the config leaves out means what diffusers' from_config makes of it for that
     scheduler class (DDIMScheduler clips x0 and sets alpha to one by default; every class
     defaults to betas 0.0001 .. 0.02, linear, steps_offset 0)."""
-    config = {k: v for k, v in SD15_CONFIG.items() if k != missing}
+    config = {k: v for k, v in SD15_SCHEDULER.items() if k != missing}
     config.update(_reference_extra(kind))
     for steps in (4, 13):
         check_schedule(kind, steps, config)
@@ -372,7 +361,7 @@ def test_an_empty_config_is_the_scheduler_class_defaults(kind, monkeypatch):
 
 def test_ddim_without_clip_sample_clips_as_diffusers_does(monkeypatch, rng):
     # SD 1.5's config says clip_sample false; one without the key clips x0 to [-1, 1]
-    config = {k: v for k, v in SD15_CONFIG.items() if k != "clip_sample"}
+    config = {k: v for k, v in SD15_SCHEDULER.items() if k != "clip_sample"}
     assert DDIMScheduler.from_config(config).config.clip_sample is True
     seed = int(rng.integers(2**32))
     for steps in (2, 10, 50):
@@ -381,7 +370,7 @@ def test_ddim_without_clip_sample_clips_as_diffusers_does(monkeypatch, rng):
     model = FakeModel(np.random.default_rng(seed))
     latent, noise = _latent_and_noise(np.random.default_rng(seed), 10)
     clipped = run_sdcore("ddim", 10, config, model, latent, noise)[-1]
-    unclipped = run_sdcore("ddim", 10, SD15_CONFIG, model, latent, noise)[-1]
+    unclipped = run_sdcore("ddim", 10, SD15_SCHEDULER, model, latent, noise)[-1]
     assert rel_err(unclipped, clipped) > 100 * TOL
 
 
@@ -393,11 +382,11 @@ def _latent_and_noise(rng, steps):
 @pytest.mark.parametrize("kind", ["euler", "euler_a", "dpmpp_2m", "pndm", "lms"])
 def test_keys_of_another_class_are_ignored_as_from_config_ignores_them(kind, monkeypatch):
     # a DDIM config that clips: only DDIMScheduler has clip_sample
-    config = {**SD15_CONFIG, "clip_sample": True, "clip_sample_range": 2.0}
+    config = {**SD15_SCHEDULER, "clip_sample": True, "clip_sample_range": 2.0}
     config.update(_reference_extra(kind))
     check_loop(kind, 10, config, monkeypatch)
 
 
 def test_pndm_refuses_a_config_that_asks_for_runge_kutta_steps():
     with pytest.raises(ValueError, match="skip_prk_steps"):
-        _C.Sampler("pndm", 10, {**SD15_CONFIG, "skip_prk_steps": False})
+        _C.Sampler("pndm", 10, {**SD15_SCHEDULER, "skip_prk_steps": False})

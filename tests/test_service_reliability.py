@@ -17,11 +17,11 @@ from PIL import Image
 from service_harness import ServerThread, make_config
 from test_service_process import start_process
 
+from service.batcher import Batcher, Job, Params
 from service.core import caller
 from service.errors import NotFound
 from service.gen import sdcore_service_pb2 as pb
 from service.gen import sdcore_service_pb2_grpc as pb_grpc
-from service.scheduler import Job, Params, Scheduler
 
 STEP = 0.02
 
@@ -171,19 +171,19 @@ def test_cancel_quotes_no_huge_job_id():
 
 
 def test_cancel_acts_only_on_the_callers_jobs(rng):
-    # scheduler level: another owner's job is not found, and keeps running
+    # batcher level: another owner's job is not found, and keeps running
     import asyncio
 
     async def scenario():
         slots = {}
-        scheduler = Scheduler(slots, None, queue_size=4, max_batch_size=1)
+        batcher = Batcher(slots, None, queue_size=4, max_batch_size=1)
         slots["m"] = type("Slot", (), {"busy": True})()  # a busy engine keeps the job queued
         params = Params("p", "", 64, 64, 4, 5.0, int(rng.integers(1000)), "euler", 1, "m")
-        job = scheduler.submit(Job(params, job_id="j1", owner="peer:ipv4:10.1.1.1"))
+        job = batcher.submit(Job(params, job_id="j1", owner="peer:ipv4:10.1.1.1"))
         with pytest.raises(NotFound):
-            scheduler.cancel("j1", owner="peer:ipv4:10.2.2.2")
+            batcher.cancel("j1", owner="peer:ipv4:10.2.2.2")
         assert job.state == "queued"
-        assert scheduler.cancel("j1", owner="peer:ipv4:10.1.1.1") == "queued"
+        assert batcher.cancel("j1", owner="peer:ipv4:10.1.1.1") == "queued"
 
     asyncio.run(scenario())
 

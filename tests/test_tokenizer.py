@@ -16,39 +16,10 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 from sdcore import tokenizer as tk  # noqa: E402
+from sdcore.configs import SD15_SPECIAL_TOKENS_MAP, SD15_TOKENIZER_CONFIG  # noqa: E402
 
 BOS, EOS = 49406, 49407
 SEED = int(os.environ.get("SDCORE_TEST_SEED", random.randrange(2**32)))
-
-
-def _added_token(content):
-    return {
-        "content": content,
-        "lstrip": False,
-        "normalized": True,
-        "rstrip": False,
-        "single_word": False,
-    }
-
-
-# as in the tokenizer/ folder of SD 1.x models (openai/clip-vit-large-patch14)
-SD1_TOKENIZER_CONFIG = {
-    "add_prefix_space": False,
-    "bos_token": {"__type": "AddedToken", **_added_token("<|startoftext|>")},
-    "do_lower_case": True,
-    "eos_token": {"__type": "AddedToken", **_added_token("<|endoftext|>")},
-    "errors": "replace",
-    "model_max_length": 77,
-    "pad_token": "<|endoftext|>",
-    "tokenizer_class": "CLIPTokenizer",
-    "unk_token": {"__type": "AddedToken", **_added_token("<|endoftext|>")},
-}
-SD1_SPECIAL_TOKENS_MAP = {
-    "bos_token": _added_token("<|startoftext|>"),
-    "eos_token": _added_token("<|endoftext|>"),
-    "pad_token": "<|endoftext|>",
-    "unk_token": _added_token("<|endoftext|>"),
-}
 
 
 def clip_vocab_and_merges():
@@ -79,11 +50,11 @@ def write_folder(path, vocab, merges, tokenizer_config=None, special_tokens_map=
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip_tokenizer")
     vocab, merges = clip_vocab_and_merges()
-    sd2_config = dict(SD1_TOKENIZER_CONFIG, pad_token="!")
-    sd2_map = dict(SD1_SPECIAL_TOKENS_MAP, pad_token="!")
+    sd2_config = dict(SD15_TOKENIZER_CONFIG, pad_token="!")
+    sd2_map = dict(SD15_SPECIAL_TOKENS_MAP, pad_token="!")
     return {
         "sd1": write_folder(
-            root / "sd1", vocab, merges, SD1_TOKENIZER_CONFIG, SD1_SPECIAL_TOKENS_MAP
+            root / "sd1", vocab, merges, SD15_TOKENIZER_CONFIG, SD15_SPECIAL_TOKENS_MAP
         ),
         "bare": write_folder(root / "bare", vocab, merges),
         "sd2": write_folder(root / "sd2", vocab, merges, sd2_config, sd2_map),

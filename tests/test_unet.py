@@ -17,6 +17,7 @@ import torch
 
 import sdcore
 from sdcore import _C
+from sdcore.configs import SD15_UNET as SD15
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -62,21 +63,6 @@ FOUR_LEVEL = dict(
     ),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     sample_size=16,
-)
-SD15 = dict(
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-    down_block_types=(
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    sample_size=64,
 )
 CONFIGS = {
     "two_level": TWO_LEVEL,

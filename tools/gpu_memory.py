@@ -9,16 +9,14 @@ generation, printing the growth of each and the activation arena's size. It buil
 model on the CPU with diffusers, so PyTorch holds no device memory here.
 """
 
-import os
 import sys
 import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
-
-import sdcore  # noqa: E402
-from sdcore import _C  # noqa: E402
+import sdcore
+from sdcore import _C
+from sdcore.configs import SD15_SCHEDULER, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
 
 MIB = 2**20
 
@@ -27,14 +25,16 @@ def save_models(folder):
     import diffusers
     import torch
     import transformers
-    from gpu import SCHEDULER, SD15_TEXT, SD15_UNET, SD15_VAE
 
     torch.manual_seed(0)
     diffusers.UNet2DConditionModel(**SD15_UNET).half().save_pretrained(f"{folder}/unet")
     diffusers.AutoencoderKL(**SD15_VAE).half().save_pretrained(f"{folder}/vae")
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**SD15_TEXT)).half()
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**SD15_TEXT_ENCODER)).half()
     text.save_pretrained(f"{folder}/text_encoder")
-    diffusers.EulerDiscreteScheduler(**SCHEDULER).save_pretrained(f"{folder}/scheduler")
+    scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        SD15_SCHEDULER, timestep_spacing="leading"
+    )
+    scheduler.save_pretrained(f"{folder}/scheduler")
 
 
 def main():

@@ -78,17 +78,18 @@ sys.path.insert(0, HERE)
 import make_shapes_dataset as ds  # noqa: E402
 
 
-def _load_tokenizer_module():
-    """sdcore/tokenizer.py by path: it needs only the standard library, not the extension."""
+def _load_sdcore_module(name):
+    """sdcore/<name>.py by path: it needs only the standard library, not the extension."""
     spec = importlib.util.spec_from_file_location(
-        "sdcore_tokenizer", os.path.join(ROOT, "sdcore", "tokenizer.py")
+        f"sdcore_{name}", os.path.join(ROOT, "sdcore", f"{name}.py")
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-tk = _load_tokenizer_module()
+tk = _load_sdcore_module("tokenizer")
+configs = _load_sdcore_module("configs")  # SD 1.5's configs
 
 MAX_TOKENS = 77
 VOCAB_SIZE = 49408
@@ -711,36 +712,6 @@ def train_unet(
 # ---- output ----
 
 
-def _added_token(content):
-    return {
-        "content": content,
-        "lstrip": False,
-        "normalized": True,
-        "rstrip": False,
-        "single_word": False,
-    }
-
-
-# as in the tokenizer/ folder of SD 1.x models
-SD1_TOKENIZER_CONFIG = {
-    "add_prefix_space": False,
-    "bos_token": {"__type": "AddedToken", **_added_token("<|startoftext|>")},
-    "do_lower_case": True,
-    "eos_token": {"__type": "AddedToken", **_added_token("<|endoftext|>")},
-    "errors": "replace",
-    "model_max_length": MAX_TOKENS,
-    "pad_token": "<|endoftext|>",
-    "tokenizer_class": "CLIPTokenizer",
-    "unk_token": {"__type": "AddedToken", **_added_token("<|endoftext|>")},
-}
-SD1_SPECIAL_TOKENS_MAP = {
-    "bos_token": _added_token("<|startoftext|>"),
-    "eos_token": _added_token("<|endoftext|>"),
-    "pad_token": "<|endoftext|>",
-    "unk_token": _added_token("<|endoftext|>"),
-}
-
-
 def write_tokenizer(folder: str) -> None:
     """vocab.json and merges.txt of the CLIP vocabulary, from the BPE file shipped in sdcore."""
     os.makedirs(folder, exist_ok=True)
@@ -755,9 +726,9 @@ def write_tokenizer(folder: str) -> None:
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(SD1_TOKENIZER_CONFIG, f, indent=2)
+        json.dump(configs.SD15_TOKENIZER_CONFIG, f, indent=2)
     with open(os.path.join(folder, "special_tokens_map.json"), "w", encoding="utf-8") as f:
-        json.dump(SD1_SPECIAL_TOKENS_MAP, f, indent=2)
+        json.dump(configs.SD15_SPECIAL_TOKENS_MAP, f, indent=2)
 
 
 def save_model(out: str, vae, text_encoder, unet) -> dict:
@@ -774,14 +745,15 @@ def save_model(out: str, vae, text_encoder, unet) -> dict:
         half = copy.deepcopy(model).to("cpu", torch.float16)
         half.save_pretrained(folder, safe_serialization=True)
     write_tokenizer(os.path.join(out, "tokenizer"))
+    sd15 = configs.SD15_SCHEDULER  # SD 1.x's training schedule, with Euler ancestral steps
     scheduler = EulerAncestralDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
+        num_train_timesteps=sd15["num_train_timesteps"],
+        beta_start=sd15["beta_start"],
+        beta_end=sd15["beta_end"],
+        beta_schedule=sd15["beta_schedule"],
+        prediction_type=sd15["prediction_type"],
         timestep_spacing="leading",
-        steps_offset=1,
+        steps_offset=sd15["steps_offset"],
     )
     scheduler.save_pretrained(os.path.join(out, "scheduler"))
     index = {

@@ -5,7 +5,7 @@
 #ifndef SDCORE_BLOCKS_H
 #define SDCORE_BLOCKS_H
 
-#include "arena.h"
+#include "runtime/arena.h"
 #include "sdcore.h"
 #include "tensors.h"
 

@@ -2,9 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "arena.h"
-#include "plan.h"
 #include "clip.h"
+#include "runtime/arena.h"
+#include "runtime/plan.h"
 
 typedef struct {
     const sd_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;

@@ -13,7 +13,7 @@
 #ifndef SDCORE_TRANSFORMER_H
 #define SDCORE_TRANSFORMER_H
 
-#include "arena.h"
+#include "runtime/arena.h"
 #include "sdcore.h"
 #include "tensors.h"
 

@@ -4,11 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
 #include "blocks.h"
-#include "plan.h"
 #include "transformer.h"
 #include "unet.h"
+#include "runtime/arena.h"
+#include "runtime/plan.h"
 
 #define CHECK(expr)                    \
     do {                               \

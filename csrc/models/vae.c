@@ -3,10 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
 #include "blocks.h"
-#include "plan.h"
 #include "vae.h"
+#include "runtime/arena.h"
+#include "runtime/plan.h"
 
 #define VAE_EPS 1e-6f /* every norm of diffusers' VAE uses this */
 #define MAX_LAYERS 8

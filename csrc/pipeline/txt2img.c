@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "core/rng.h"
-#include "sampling/sampler_ops.h"
+#include "core/sampler_ops.h"
 #include "txt2img.h"
 
 /* Everything in sd_tensor lives on the backend (host memory on the CPU backend): the

@@ -3,7 +3,7 @@
 #define SD_SAMPLER_INTERNAL_H
 
 #include "sampling/sampler.h"
-#include "sampling/sampler_ops.h"
+#include "core/sampler_ops.h"
 
 #define SD_SAMPLER_MAX_HISTORY 4
 
@@ -33,7 +33,7 @@ struct sd_sampler {
     int lower_order_nums;     /* dpmpp */
 };
 
-/* schedule.c */
+/* schedule.c: the training schedule and the timestep spacings */
 /* numpy.linspace(start, stop, num)[i] in float64 */
 double sd_np_linspace(double start, double stop, int num, int i);
 /* numpy.interp(x, arange(len), fp) in float64 */
@@ -47,7 +47,12 @@ void sd_karras_sigmas(double sigma_min, double sigma_max, int n, double *out);
 sd_status sd_spacing_int(const sd_sampler *s, int descending, int64_t *out, int *n_out);
 /* sqrt((1 - a) / a) for every training alpha_cumprod, float32 as torch computes it. */
 void sd_training_sigmas(const sd_sampler *s, float *out);
+/* s->alphas_cumprod from trained_betas or s->cfg's beta schedule, as diffusers makes it. */
+sd_status sd_make_alphas_cumprod(sd_sampler *s, const float *trained_betas);
+/* "leading", "linspace" or "trailing", for messages. */
+const char *sd_spacing_name(sd_timestep_spacing sp);
 
+/* sampler.c: the sampler object's per-generation state */
 /* Make room for per-generation buffers of n elements (history_slots of them). */
 sd_status sd_sampler_state_alloc(sd_sampler *s, int64_t n, int history_slots);
 /* The buffer that becomes the newest history entry (the caller fills it), dropping the

@@ -10,7 +10,7 @@
 #ifndef SDCORE_PLAN_H
 #define SDCORE_PLAN_H
 
-#include "arena.h"
+#include "runtime/arena.h"
 
 /* A backend on the device of `real` whose every op does nothing. */
 const sd_backend *sd_plan_backend(const sd_backend *real);

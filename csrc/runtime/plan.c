@@ -1,7 +1,7 @@
 /* The planning backend (see plan.h). */
 #include <stdint.h>
 
-#include "plan.h"
+#include "runtime/plan.h"
 
 /* Where planned tensors "are": never dereferenced, since no op touches memory. */
 static sd_status plan_alloc(const sd_backend *be, sd_tensor *t) {

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
+#include "runtime/arena.h"
 
 /* The GPU's pool, shared by every arena on a non-CPU backend (there is one such backend
  * per process). Touched only at model creation and destruction (under the GIL) and by

@@ -1,6 +1,6 @@
 """The bounded request queue and the batcher.
 
-Jobs wait in one FIFO queue. When a model's engine is free, the scheduler takes the oldest job
+Jobs wait in one FIFO queue. When a model's engine is free, the batcher takes the oldest job
 for it and every later waiting job with the same (model, width, height, steps, sampler), up to
 max_batch_size images, and runs them as one engine call in a worker thread. The event loop
 never runs the engine: it only moves jobs, progress events and results.
@@ -33,7 +33,7 @@ from service.errors import (
     quoted,
 )
 
-log = logging.getLogger("service.scheduler")
+log = logging.getLogger("service.batcher")
 
 # Largest side of a preview PNG sent with progress events.
 PREVIEW_MAX_SIDE = 64
@@ -148,7 +148,13 @@ class Job:
 
 
 class ModelSlot:
-    """One loaded pipeline. The engine is not reentrant: `lock` serialises every call on it."""
+    """One loaded pipeline.
+
+    `busy` (loop side) keeps a second batch of this model from being dispatched while one runs.
+    `lock` (thread side) makes whole pipeline calls one at a time: prompt encoding, the
+    sampling loop and the preview map the pipeline refits afterwards, also when a batch's task
+    is gone but its engine thread still runs. The C calls inside need no lock here: the
+    binding's per-model locks (csrc/binding/device.c) guard each model's activations."""
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
@@ -157,7 +163,7 @@ class ModelSlot:
         self.busy = False  # loop side: a batch of this model is dispatched
 
 
-class Scheduler:
+class Batcher:
     def __init__(
         self,
         slots,
