@@ -20,7 +20,7 @@ def build_app(demo, title="sdcore"):
     defaults = demo.model_defaults()
     # Gradio's copies of the PNGs it served are deleted after a day, checked every hour
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 86400)) as app:
-        gr.Markdown(f"# {title}\nText to image with sdcore, over its gRPC API.")
+        gr.Markdown(f"# {title}\nText to image with sdcore, over its {demo.backend.api} API.")
         status = gr.Markdown(demo.status_text(), elem_id="sd-status")
         with gr.Row():
             with gr.Column(scale=1):
