@@ -19,9 +19,8 @@ What each call uses, and what the HTTP API cannot say:
   (the model /sdapi uses) and /api/v1/images/models (its device, random weights). The queue's
   capacity and the images made are not given over HTTP: they come back as -1.
 - models: /sdapi/v1/sd-models, /sdapi/v1/options (which is the default), /sdapi/v1/samplers
-  (its samplers, by our names), and /api/v1/images/models for each model's size and device.
-  The model's default guidance is not given; the page then leaves CFG empty and the server
-  uses the model's own.
+  (its samplers, by our names), and /api/v1/images/models for each model's size, device and
+  default guidance.
 
 The API key goes as `Authorization: Bearer KEY`; an https URL gives TLS (`ca_cert`: the PEM
 roots to trust instead of the system's).
@@ -228,6 +227,7 @@ class HttpBackend:
                     default_width=int(m.get("default_width") or 0),
                     default_height=int(m.get("default_height") or 0),
                     samplers=samplers if name == current else m.get("samplers", []),
+                    default_guidance_scale=float(m.get("default_guidance_scale") or 0),
                 )
             )
         return infos

@@ -4,6 +4,7 @@ a real server on 127.0.0.1 with its HTTP API on: the same outcomes as over gRPC
 message naming a bad field, a full queue, cancel, a refused API key — with the statuses the
 HTTP API really sends. The engine is tests/engine_double.py, whose speed the test sets."""
 
+import dataclasses
 import os
 import socket
 import threading
@@ -282,7 +283,8 @@ def test_cancel_after_the_end_says_so(demo, backend):
     assert info.value.code().name == "NOT_FOUND"
 
 
-def test_status_and_model_defaults_come_from_the_server(server, demo):
+def test_status_and_model_defaults_come_from_the_server(server, engine, demo):
+    engine.rules = dataclasses.replace(engine.rules, guidance_scale=4.25)
     text = demo.status_text()
     assert "**Model** double (random weights)" in text and "**Device** cpu" in text
     assert "0 waiting, 0 running" in text and url_of(server) in text
@@ -291,7 +293,7 @@ def test_status_and_model_defaults_come_from_the_server(server, demo):
     defaults = demo.model_defaults()
     assert (defaults.width, defaults.height, defaults.sampler) == (64, 64, "euler_a")
     assert set(defaults.samplers) == set(EngineDouble().samplers)
-    assert defaults.guidance is None  # not given over HTTP: the server's own applies
+    assert defaults.guidance == 4.25
 
 
 def test_api_key(engine, tmp_path):
