@@ -102,6 +102,9 @@ def error_of(reply):
 
 def transport_error(error):
     """httpx's failure to get any answer -> HttpCallError."""
+    if isinstance(error, httpx.ConnectError) and "SSL" in str(error):
+        # someone answers, but TLS failed (most often: a certificate the page does not trust)
+        return HttpCallError(grpc.StatusCode.UNAVAILABLE, f"TLS: {error}")
     if isinstance(error, httpx.ConnectError):
         # the words describe_error recognises as "no server there"
         return HttpCallError(grpc.StatusCode.UNAVAILABLE, f"failed to connect: {error}")

@@ -7,6 +7,7 @@ HTTP API really sends. The engine is tests/engine_double.py, whose speed the tes
 import dataclasses
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -353,3 +354,36 @@ def test_demo_refuses_flags_that_do_not_fit(capsys):
     assert "--tls: an HTTP server is reached with TLS by an https:// URL" in (
         capsys.readouterr().err
     )
+
+
+def test_https_with_the_servers_certificate(engine, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    tls = dict(use_tls=True, cert_file=str(cert), key_file=str(key))
+    with http_server(engine, **tls) as srv:
+        url = f"https://localhost:{srv.server.http_port}"
+        backend = HttpBackend(url, ca_cert=str(cert))
+        try:
+            final = outcome(
+                Demo(backend, output_dir=tmp_path / "out").generate(
+                    GenerationRequest("x", num_inference_steps=1, seed=9)
+                )
+            )
+            assert final["message"] == "" and final["seed"] == 9
+        finally:
+            backend.close()
+        backend = HttpBackend(url)  # the system's roots do not trust this certificate
+        try:
+            final = outcome(Demo(backend, output_dir=tmp_path / "out").generate(
+                GenerationRequest("x", num_inference_steps=1)
+            ))  # fmt: skip
+            assert final["message"].startswith(f"The server is unavailable at {url}: ")
+            assert "CERTIFICATE_VERIFY_FAILED" in final["message"]
+        finally:
+            backend.close()
