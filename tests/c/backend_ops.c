@@ -697,7 +697,7 @@ static const op_case CASES[] = {
      .fp = {1e-5f}},
     {"layer_norm", run_layer_norm, ref_layer_norm, TOL_NORM, 3, {D2(5, 3), D1(3), D1(3)}, D2(5, 3),
      .spread = {2}, .offset = {1}, .fp = {1e-5f}, .dtypes = 1,
-     .note = "float32: 15 values make a shaky yardstick"},
+     .note = "f32 only: 15 values"},
     /* attention: q, k, v; heads ip[0], causal ip[1] */
     {"attention", run_attention, ref_attention, TOL_ATTENTION, 3,
      {D3(1, 4096, 80), D3(1, 4096, 80), D3(1, 4096, 80)}, D3(1, 4096, 80), .ip = {2, 0},
