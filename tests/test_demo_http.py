@@ -94,8 +94,8 @@ def wait_for(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def scheduler(srv):
-    return srv.server.core.scheduler
+def batcher(srv):
+    return srv.server.core.batcher
 
 
 def in_thread(demo, request, session):
@@ -220,9 +220,9 @@ def test_server_unavailable(tmp_path):
 
 def test_queue_full(server, demo):
     blocker = server.stub().Generate.future(pb.GenerateRequest(prompt="block", steps=300))
-    wait_for(lambda: scheduler(server).in_flight() == 1, what="the blocker to run")
+    wait_for(lambda: batcher(server).in_flight() == 1, what="the blocker to run")
     waiting = server.stub().Generate.future(pb.GenerateRequest(prompt="wait", steps=1))
-    wait_for(lambda: scheduler(server).queue_depth() == 1, what="the queue to fill")
+    wait_for(lambda: batcher(server).queue_depth() == 1, what="the queue to fill")
     final = outcome(demo.generate(GenerationRequest("x", num_inference_steps=1)))
     assert final["message"].startswith("The server's queue is full; try again in a moment")
     assert "1 waiting, 1 running" in demo.status_text()
@@ -241,22 +241,22 @@ def test_cancel_a_running_job_interrupts_it(server, demo):
     # /sdapi/v1/interrupt stopped it: the server's own answer, not a closed connection
     assert outcome(updates)["message"] == "Cancelled: interrupted by /sdapi/v1/interrupt"
     assert "files" not in outcome(updates)
-    wait_for(lambda: scheduler(server).in_flight() == 0, what="the engine to stop")
+    wait_for(lambda: batcher(server).in_flight() == 0, what="the engine to stop")
     assert demo.cancel(session="s1") == "Nothing to cancel"
 
 
 def test_cancel_a_queued_job_takes_it_out_of_the_queue(server, demo):
     blocker = server.stub().Generate.future(pb.GenerateRequest(prompt="block", steps=300))
-    wait_for(lambda: scheduler(server).in_flight() == 1, what="the blocker to run")
+    wait_for(lambda: batcher(server).in_flight() == 1, what="the blocker to run")
     thread, updates = in_thread(demo, GenerationRequest("x", num_inference_steps=1), "s1")
-    wait_for(lambda: scheduler(server).queue_depth() == 1, what="the page's job to queue")
+    wait_for(lambda: batcher(server).queue_depth() == 1, what="the page's job to queue")
     assert any(u.progress == "Queued" for u in updates)
     assert demo.cancel(session="s1").endswith("(queued)")
     thread.join(10)
     assert not thread.is_alive()
     assert outcome(updates)["message"].startswith("Cancelled: the page closed its request")
-    wait_for(lambda: scheduler(server).queue_depth() == 0, what="the place to be freed")
-    assert scheduler(server).in_flight() == 1  # /interrupt was not sent: the gRPC job runs on
+    wait_for(lambda: batcher(server).queue_depth() == 0, what="the place to be freed")
+    assert batcher(server).in_flight() == 1  # /interrupt was not sent: the gRPC job runs on
     blocker.cancel()
 
 
@@ -265,9 +265,9 @@ def test_cancel_beside_another_clients_job_stops_only_ours(server, engine, demo)
     other = HttpBackend(url_of(server))
     try:
         theirs = other.generate_stream(GenerationRequest("theirs", num_inference_steps=60), "t")
-        wait_for(lambda: scheduler(server).in_flight() == 1, what="their job to run")
+        wait_for(lambda: batcher(server).in_flight() == 1, what="their job to run")
         thread, updates = in_thread(demo, GenerationRequest("x", num_inference_steps=1), "s1")
-        wait_for(lambda: scheduler(server).queue_depth() == 1, what="the page's job to queue")
+        wait_for(lambda: batcher(server).queue_depth() == 1, what="the page's job to queue")
         assert demo.cancel(session="s1").endswith("(queued)")
         thread.join(10)
         assert outcome(updates)["message"].startswith("Cancelled: the page closed its request")
