@@ -216,7 +216,10 @@ def test_killed_replica_fails_its_requests_unavailable_and_comes_back(stub, rng)
         assert time.monotonic() - t0 < DEADLINE_S, "no answer at all"
         time.sleep(0.05)
     victim = next(replica_of(f) for f in futures if f.done() and f.exception() is None)
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+    # this test's own cluster, named: with no address the state API picks "the" local cluster
+    # and fails when another one runs on the machine
+    gcs = ray.get_runtime_context().gcs_address
+    actors = list_actors(address=gcs, filters=[("state", "=", "ALIVE")], detail=True)
     (pid,) = [a.pid for a in actors if a.name and a.name.endswith("#" + victim)]
     os.kill(pid, signal.SIGKILL)
 
