@@ -5,7 +5,7 @@ import os
 import sys
 import threading
 
-from service import DEFAULT_PORT
+from sdcore.service import DEFAULT_PORT
 
 GRADIO_MISSING = (
     "sdcore demo: the demo page needs Gradio, which is not installed.\n"
@@ -44,7 +44,7 @@ class InProcessServer:
     """An SdcoreServer on its own event loop in a daemon thread, for the page to call."""
 
     def __init__(self, config):
-        from service.server import SdcoreServer
+        from sdcore.service.server import SdcoreServer
 
         self.loop = asyncio.new_event_loop()
         self.server = SdcoreServer(config)
@@ -73,8 +73,8 @@ class InProcessServer:
 
 
 def start_server(args):
-    from service import logs
-    from service.config import ServerConfig
+    from sdcore.service import logs
+    from sdcore.service.config import ServerConfig
 
     config = ServerConfig(
         host="127.0.0.1",
@@ -94,10 +94,10 @@ def run(args):
     except ImportError:
         print(GRADIO_MISSING, file=sys.stderr)
         return 2
-    from frontend.app import CSS, build_app
-    from frontend.backend import Backend
-    from frontend.demo import Demo
-    from service.server import ListenError, bind_problem
+    from sdcore.frontend.app import CSS, build_app
+    from sdcore.frontend.backend import Backend
+    from sdcore.frontend.demo import Demo
+    from sdcore.service.server import ListenError, bind_problem
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     problem = bind_problem(args.host, args.port)
