@@ -107,6 +107,9 @@ const char *sd_weights_name(const sd_weights *w, int64_t i);
 const sd_tensor *sd_weights_at(const sd_weights *w, int64_t i);
 /* The tensor called `name`, or NULL. */
 const sd_tensor *sd_weights_find(const sd_weights *w, const char *name);
+/* Index of the first (host) tensor holding a NaN or an infinity, or -1 when all are finite:
+ * a model with such weights can only make non-finite images. */
+int64_t sd_weights_first_nonfinite(const sd_weights *w);
 /* Text metadata carried with the set (a safetensors file's __metadata__): key and
  * value are copied; keys are kept in the order added and are the caller's to keep
  * distinct. */

@@ -20,7 +20,7 @@ def build_app(demo, title="sdcore"):
     defaults = demo.model_defaults()
     # Gradio's copies of the PNGs it served are deleted after a day, checked every hour
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 86400)) as app:
-        gr.Markdown(f"# {title}\nText to image with sdcore, over its gRPC API.")
+        gr.Markdown(f"# {title}\nText to image with sdcore, over its {demo.backend.api} API.")
         status = gr.Markdown(demo.status_text(), elem_id="sd-status")
         with gr.Row():
             with gr.Column(scale=1):
@@ -133,12 +133,13 @@ def build_app(demo, title="sdcore"):
             # has not changed is left alone, so that a value typed meanwhile is not reset
             d = demo.model_defaults()
             if d == defaults:
-                return demo.status_text(), gr.skip(), gr.skip(), gr.skip()
+                return demo.status_text(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return (
                 demo.status_text(),
                 d.width,
                 d.height,
                 gr.Dropdown(choices=list(d.samplers), value=d.sampler),
+                d.guidance,
             )
 
         controls = [prompt, negative, width, height, steps, cfg, seed, random_seed, sampler, count]
@@ -150,7 +151,7 @@ def build_app(demo, title="sdcore"):
                 concurrency_limit=None,  # the server's queue decides, and says when it is full
             ).then(demo.status_text, outputs=status, show_progress="hidden")
         cancel.click(on_cancel, outputs=progress, concurrency_limit=None)
-        app.load(on_load, outputs=[status, width, height, sampler])
+        app.load(on_load, outputs=[status, width, height, sampler, cfg])
         timer = gr.Timer(STATUS_SECONDS)
         timer.tick(demo.status_text, outputs=status, show_progress="hidden")
     return app

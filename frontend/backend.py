@@ -43,6 +43,8 @@ def _is_connection_failure(details):
 class Backend:
     """A channel to one server. Blocking calls: Gradio runs each handler in its own thread."""
 
+    api = "gRPC"  # what the status panel says the page talks; HttpBackend has the same interface
+
     def __init__(self, address, api_key=None, tls=False, ca_cert=None, timeout=None):
         self.address = address
         self.timeout = timeout  # seconds for a whole generation; None: no deadline

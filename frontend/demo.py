@@ -1,5 +1,6 @@
-"""What the page does, without the page: run a generation over GenerateStream and say what
-happened, as a series of updates that app.py shows. Tests drive this directly."""
+"""What the page does, without the page: run a generation over GenerateStream (or its HTTP
+equivalent, frontend/http_backend.py) and say what happened, as a series of updates that
+app.py shows. Tests drive this directly."""
 
 import dataclasses
 import io
@@ -77,11 +78,14 @@ class Demo:
         if s.random_weights:
             model += " (random weights)"
         state = "ready" if s.model_loaded else "loading the model"
+        # -1: a figure this backend's API does not give (the HTTP API: capacity, images made)
+        capacity = f" of {s.queue_capacity}" if s.queue_capacity >= 0 else ""
+        made = f"**Images made** {s.images_generated} · " if s.images_generated >= 0 else ""
+        device = f"**Device** {s.device} · " if s.device else ""
         return (
-            f"**Model** {model} · **Device** {s.device} · "
-            f"**Queue** {s.queue_depth} waiting of {s.queue_capacity}, "
-            f"{s.jobs_in_flight} running · **Images made** {s.images_generated} · "
-            f"**Server** `{address}` ({state}, sdcore {s.version})"
+            f"**Model** {model} · {device}"
+            f"**Queue** {s.queue_depth} waiting{capacity}, {s.jobs_in_flight} running · {made}"
+            f"**Server** `{address}` ({state}, sdcore {s.version}, {self.backend.api} API)"
         )
 
     def generate(self, request, session="", job_id=None):
@@ -140,11 +144,16 @@ class Demo:
         t = result.timings
         count = len(result.images)
         seeds = ", ".join(str(s) for s in result.seeds)
+        # 0 s generating: not known (over HTTP, a job never seen running)
+        split = (
+            f" (queued {t.queued_seconds:.2f} s, generating {t.generate_seconds:.2f} s)"
+            if t.generate_seconds > 0
+            else ""
+        )
         return Update(
             progress=(
-                f"Done: {count} image{'s' if count != 1 else ''} in {t.total_seconds:.2f} s "
-                f"(queued {t.queued_seconds:.2f} s, generating {t.generate_seconds:.2f} s); "
-                f"seed{'s' if count != 1 else ''} used: {seeds}"
+                f"Done: {count} image{'s' if count != 1 else ''} in {t.total_seconds:.2f} s"
+                f"{split}; seed{'s' if count != 1 else ''} used: {seeds}"
             ),
             preview=paths[0] if paths else None,  # the last picture of the job is its result
             gallery=gallery,
@@ -197,6 +206,8 @@ def _whole(value, name):
 
 
 def _queued_text(position):
+    if position < 0:  # not told (the HTTP API)
+        return "Queued"
     if position == 0:
         return "Queued: next to run"
     return f"Queued: {position} job{'s' if position != 1 else ''} ahead"

@@ -531,8 +531,8 @@ def _select(weights, params, source, component, prefix):
 COMPONENT_NAMES = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}
 
 
-def _load_single_file(path) -> Model:
-    weights = _C.Weights.open(path, skip_unsupported=True)
+def _load_single_file(path, copy=False) -> Model:
+    weights = _C.Weights.open(path, skip_unsupported=True, copy=copy)
     family = FAMILIES[detect_family(weights.names())]
     text_names = _Names(weights, CLIP_PREFIX, "text encoder", path)
     # checkpoints made with transformers before CLIPTextModel gained its text_model
@@ -626,7 +626,7 @@ def _legacy_vae_names(weights, params):
     return out
 
 
-def _load_folder(folder) -> Model:
+def _load_folder(folder, copy=False) -> Model:
     configs = {}
     for component in ("unet", "vae", "text_encoder"):
         path = os.path.join(folder, component, "config.json")
@@ -640,7 +640,7 @@ def _load_folder(folder) -> Model:
 
     def load(component, config):
         path = _component_file(folder, component)
-        weights = _C.Weights.open(path, skip_unsupported=True)
+        weights = _C.Weights.open(path, skip_unsupported=True, copy=copy)
         params = [
             p._replace(ldm=p.name, ldm_shape=p.shape)
             for p in PARAMS[component](config, optional=True)
@@ -674,14 +674,24 @@ def _load_folder(folder) -> Model:
     )
 
 
-def load_model(path) -> Model:
+def load_model(path, copy=False) -> Model:
     """Read a single-file .safetensors checkpoint or a diffusers folder (see the module
-    docstring). Tensors stay in the memory-mapped files; nothing is copied."""
+    docstring). Tensors stay in the memory-mapped files; nothing is copied, unless `copy`:
+    then each file is read once into memory of the model's own, and the model no longer
+    depends on its files (a server whose model file is replaced or cut short while it
+    serves goes on). Weights holding a NaN or an infinity are refused (FormatError naming
+    the tensor): such a model can only make non-finite images."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        return _load_folder(path)
-    if path.endswith((".ckpt", ".pt", ".pth", ".bin")):
+    if path.endswith((".ckpt", ".pt", ".pth", ".bin")) and not os.path.isdir(path):
         raise UnsupportedError(
             f"{path}: pickle checkpoints are not read (they can run code); use a .safetensors file"
         )
-    return _load_single_file(path)
+    model = _load_folder(path, copy) if os.path.isdir(path) else _load_single_file(path, copy)
+    for component in ("text_encoder", "unet", "vae"):
+        bad = getattr(model, component).weights.first_nonfinite()
+        if bad is not None:
+            raise FormatError(
+                f"{path}: the {COMPONENT_NAMES[component]}'s tensor '{bad}' holds NaN or "
+                "infinite values; this checkpoint is damaged"
+            )
+    return model

@@ -173,7 +173,7 @@ def _add_service_commands(sub):
     p = sub.add_parser("client", help="talk to a running sdcore server")
     client.add_arguments(p)
     p.set_defaults(func=cmd_client)
-    p = sub.add_parser("demo", help="the Gradio demo page over the gRPC service (port 7860)")
+    p = sub.add_parser("demo", help="the Gradio demo page, over gRPC or HTTP (port 7860)")
     demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
 

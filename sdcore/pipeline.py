@@ -218,17 +218,19 @@ class Pipeline:
         return self.rules.guidance_scale
 
     @classmethod
-    def from_pretrained(cls, path=None, device="cpu", dtype=None):
+    def from_pretrained(cls, path=None, device="cpu", dtype=None, copy_weights=False):
         """Load a model: a diffusers folder or a single .safetensors file; None: the model
         that ships with sdcore. On ``device="cuda"`` the weights are copied to the GPU and
-        the models compute in ``dtype`` (default float16; "bfloat16" and "float32" too)."""
+        the models compute in ``dtype`` (default float16; "bfloat16" and "float32" too).
+        ``copy_weights``: read the files into memory of the pipeline's own rather than
+        mapping them (see ``load_model``), for a process that must outlive changes to them."""
         if path is None:
             path = DEFAULT_MODEL
             if not os.path.exists(path):
                 raise FileNotFoundError(f"model: the shipped default model is missing ({path})")
         elif not os.path.exists(path):
             raise FileNotFoundError(f"model: {path} does not exist")
-        model = load_model(path)
+        model = load_model(path, copy=copy_weights)
         model.is_default = os.path.abspath(path) == os.path.abspath(DEFAULT_MODEL)
         defaults = model_defaults(path) if os.path.isdir(path) else {}
         model.name = defaults.get("name", model.name)

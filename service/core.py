@@ -67,7 +67,11 @@ class ServiceCore:
         t0 = time.monotonic()
         pipe = await loop.run_in_executor(
             self.executor,
-            functools.partial(sdcore.Pipeline.from_pretrained, model_path, device=device),
+            # the server reads its model files once: a file replaced or cut short while it
+            # serves must not take the process down (a mapped file raises SIGBUS then)
+            functools.partial(
+                sdcore.Pipeline.from_pretrained, model_path, device=device, copy_weights=True
+            ),
         )
         slot = self.add_pipeline(pipe)
         log.info(

@@ -867,6 +867,7 @@ class HttpApi:
                         "default_width": w,
                         "default_height": h,
                         "samplers": list(pipe.samplers),
+                        "default_guidance_scale": pipe.rules.guidance_scale,
                         "random_weights": bool(getattr(pipe, "random_weights", False)),
                     }
                 )

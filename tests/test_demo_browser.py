@@ -161,7 +161,7 @@ def test_invalid_input_shows_the_servers_message(page, demo_url):
     page.fill("#sd-width input", "100")
     page.click("#sd-generate")
     expect(page.locator("#sd-message")).to_contain_text(
-        "Invalid input: width: must be a multiple of 8", timeout=20_000
+        "Invalid input: width: must be a multiple of 32", timeout=20_000
     )
 
 
@@ -190,6 +190,40 @@ def test_server_unavailable_is_said_on_the_page(page, tmp_path):
         expect(page.locator("#sd-message")).to_contain_text(
             f"The server is unavailable at {address}: no sdcore server answers there",
             timeout=20_000,
+        )
+    finally:
+        stop(proc)
+
+
+def test_generate_in_the_browser_over_http(page, tmp_path):
+    """`sdcore demo --http`: the page reaches its server through the HTTP API instead."""
+    proc, url = start_demo(tmp_path, "http", "--http")
+    try:
+        open_page(page, url)
+        expect(page.locator("#sd-status")).to_contain_text("HTTP API")
+        page.fill("#sd-prompt textarea", PROMPT)
+        page.fill("#sd-steps input", str(STEPS))
+        page.uncheck("#sd-random-seed input")
+        page.fill("#sd-seed input", str(SEED))
+        page.click("#sd-generate")
+        expect(page.locator("#sd-gallery img").first).to_be_visible(timeout=60_000)
+        expect(page.locator("#sd-progress")).to_contain_text("Done: 1 image", timeout=10_000)
+        expect(page.locator("#sd-parameters textarea")).to_have_value(
+            f"{PROMPT}\nSteps: {STEPS}, Sampler: Euler a, CFG scale: {CFG}, Seed: {SEED}, "
+            f"Size: 128x128, Model: sdcore-shapes, Version: sdcore {sdcore.__version__}"
+        )
+        expect(page.locator("#sd-message")).to_have_text("")
+        with page.expect_download() as download_info:
+            page.locator("#sd-downloads a.download-link").first.click()
+        path = tmp_path / download_info.value.suggested_filename
+        download_info.value.save_as(path)
+        png = Image.open(path)
+        assert png.size == (128, 128) and f"Seed: {SEED}" in png.text["parameters"]
+
+        page.fill("#sd-width input", "100")
+        page.click("#sd-generate")
+        expect(page.locator("#sd-message")).to_contain_text(
+            "Invalid input: width: must be a multiple of 32", timeout=20_000
         )
     finally:
         stop(proc)

@@ -709,7 +709,7 @@ def test_health_while_loading_and_after_shutdown(monkeypatch):
 
     class SlowLoading:
         @staticmethod
-        def from_pretrained(path, device="cpu"):
+        def from_pretrained(path, device="cpu", copy_weights=False):
             release.wait(10)
             return EngineDouble()
 

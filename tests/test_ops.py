@@ -6,6 +6,8 @@ error ||ours - ref|| / ||ref|| below 1e-5 and the largest error below 1e-4 of th
 largest reference value, both well inside float32 rounding of these sums.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,22 @@ def test_conv2d(rng, B, C, OC, H, W, k, stride, pad):
     x = randn(rng, B, C, H, W)
     w = randn(rng, OC, C, k, k, scale=(C * k * k) ** -0.5)
     b = randn(rng, OC)
+    ref = F.conv2d(t64(x), t64(w), t64(b), stride=stride, padding=pad)
+    check(ops.conv2d(x, w, b, stride=stride, padding=pad), ref)
+
+
+@pytest.mark.parametrize(
+    "H,W,k,stride,pad",
+    [
+        (7, 6, 3, 2, 2),  # padding wider than the kernel's reach past the edge
+        (4, 5, 5, 1, 3),  # output columns that see only padding
+        (9, 8, 3, 3, 1),  # stride 3: the valid columns end inside the row
+        (6, 11, 1, 1, 2),  # 1x1 with padding: not the plain GEMM
+    ],
+)
+def test_conv2d_padding_edges(rng, H, W, k, stride, pad):
+    # im2col copies each row's in-bounds run and zero-fills the rest
+    x, w, b = randn(rng, 2, 3, H, W), randn(rng, 4, 3, k, k), randn(rng, 4)
     ref = F.conv2d(t64(x), t64(w), t64(b), stride=stride, padding=pad)
     check(ops.conv2d(x, w, b, stride=stride, padding=pad), ref)
 
@@ -235,6 +253,24 @@ def test_geglu(rng):
     check(ops.geglu(x), a * F.gelu(gate))
 
 
+@pytest.mark.parametrize("shape", [(2, 256, 1024), (2, 64, 1024), (1, 3, 10)])
+def test_geglu_small_model_shapes(rng, shape):
+    # the shipped model's feed-forward (width 128, inner 512) at 16x16 and 8x8 latents,
+    # and a row shorter than one vector
+    x = randn(rng, *shape, scale=3)
+    a, gate = t64(x).chunk(2, dim=-1)
+    check(ops.geglu(x), a * F.gelu(gate))
+
+
+def test_gelu_negative_tail_is_accurate_relative_to_the_value():
+    # 0.5 x (1 + erf(x / sqrt 2)) cancels for x << 0 when computed as written; the value
+    # is 0.5 x erfc(-x / sqrt 2), taken here from the standard library in double
+    x = np.linspace(-12.0, -2.0, 4001).astype(np.float32)
+    ref = np.array([0.5 * v * math.erfc(-v / math.sqrt(2.0)) for v in x.astype(np.float64)])
+    rel = np.abs(ops.gelu(x).astype(np.float64) - ref) / np.abs(ref)
+    assert rel.max() < 2e-5, f"largest relative error {rel.max():.3g} at x = {x[rel.argmax()]}"
+
+
 # ------------------------------------------------------ data movement, misc ----
 
 
@@ -308,3 +344,14 @@ def test_half_conversions(rng):
         assert np.array_equal(back, ref_back), name
     nan = ops.narrow(np.array([np.nan], np.float32), "float16")
     assert np.isnan(ops.widen(nan, "float16")).all()
+
+
+def test_convert_widens_every_half_exactly():
+    # every float16 bit pattern, three times over (the threaded path) and cut to an odd
+    # length (the tail after the last 8-wide group), against NumPy's widening
+    x = np.tile(np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16), 3)[:-5]
+    ours = ops.convert(x, "float16")
+    ref = x.astype(np.float32)
+    nan = np.isnan(ref)
+    assert ours.dtype == np.float32 and np.isnan(ours[nan]).all()
+    assert np.array_equal(ours[~nan].view(np.uint32), ref[~nan].view(np.uint32))

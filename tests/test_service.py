@@ -697,7 +697,7 @@ def test_health_transitions(monkeypatch):
 
     class SlowLoading:
         @staticmethod
-        def from_pretrained(path, device="cpu"):
+        def from_pretrained(path, device="cpu", copy_weights=False):
             assert path is None and device == "cpu"
             release.wait(10)
             return EngineDouble()

@@ -124,16 +124,17 @@ fail:
     return NULL;
 }
 
-/* Weights.open(path, *, skip_unsupported=False) -- a safetensors file, mmapped. */
+/* Weights.open(path, *, skip_unsupported=False, copy=False) -- a safetensors file, mmapped
+ * (or read into memory of its own with copy). */
 static PyObject *weights_open(PyObject *cls, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"path", "skip_unsupported", NULL};
+    static char *kwlist[] = {"path", "skip_unsupported", "copy", NULL};
     PyObject *path_bytes = NULL;
-    int skip = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|$p:open", kwlist, PyUnicode_FSConverter,
-                                     &path_bytes, &skip))
+    int skip = 0, copy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|$pp:open", kwlist, PyUnicode_FSConverter,
+                                     &path_bytes, &skip, &copy))
         return NULL;
     const char *path = PyBytes_AS_STRING(path_bytes);
-    sd_safetensors_options options = {.skip_unsupported = skip};
+    sd_safetensors_options options = {.skip_unsupported = skip, .copy = copy};
     sd_weights *w = NULL;
     int os_error = 0;
     sd_status s;
@@ -399,6 +400,17 @@ static PyGetSetDef weights_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* Weights.first_nonfinite() -> the name of the first tensor with a NaN or inf, or None */
+static PyObject *weights_first_nonfinite(WeightsObject *self, PyObject *unused) {
+    int64_t i;
+    Py_BEGIN_ALLOW_THREADS
+    i = sd_weights_first_nonfinite(self->weights);
+    Py_END_ALLOW_THREADS
+    if (i < 0)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(sd_weights_name(self->weights, i));
+}
+
 static Py_ssize_t weights_len(WeightsObject *self) {
     return (Py_ssize_t)sd_weights_count(self->weights);
 }
@@ -414,9 +426,12 @@ static PyMethodDef weights_methods[] = {
     {"from_arrays", (PyCFunction)weights_from_arrays, METH_O | METH_CLASS,
      "from_arrays({name: float32/float16 array}) -> Weights borrowing the arrays"},
     {"open", (PyCFunction)(void (*)(void))weights_open, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-     "open(path, *, skip_unsupported=False) -> Weights of a safetensors file (mmapped).\n"
+     "open(path, *, skip_unsupported=False, copy=False) -> Weights of a safetensors file\n"
+     "(mmapped; read into memory of its own with copy, so that the file may then change).\n"
      "Tensors of dtypes other than F32/F16/BF16 are an error, or left out with "
      "skip_unsupported."},
+    {"first_nonfinite", (PyCFunction)weights_first_nonfinite, METH_NOARGS,
+     "first_nonfinite() -> name of the first tensor holding a NaN or an infinity, or None"},
     {"subset", (PyCFunction)weights_subset, METH_O,
      "subset({new_name: old_name or (old_name, shape)}) -> Weights sharing memory with this "
      "one;\na shape views the same elements under another shape (same element count). "

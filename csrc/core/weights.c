@@ -250,3 +250,31 @@ sd_status sd_weights_to_backend(const sd_weights *src, const sd_backend *be, sd_
     *out = w;
     return SD_OK;
 }
+
+/* Whether n elements of dtype at src are all finite: the exponent field is all ones exactly
+ * for NaN and the infinities, in each of the three formats. */
+static int all_finite(const void *src, sd_dtype dtype, int64_t n) {
+    int bad = 0;
+    if (dtype == SD_F32) {
+        const uint32_t *x = src;
+#pragma omp parallel for reduction(| : bad)
+        for (int64_t i = 0; i < n; i++)
+            bad |= (x[i] & 0x7f800000u) == 0x7f800000u;
+    } else {
+        const uint16_t *x = src;
+        const uint16_t mask = dtype == SD_F16 ? 0x7c00u : 0x7f80u;
+#pragma omp parallel for reduction(| : bad)
+        for (int64_t i = 0; i < n; i++)
+            bad |= (x[i] & mask) == mask;
+    }
+    return !bad;
+}
+
+int64_t sd_weights_first_nonfinite(const sd_weights *w) {
+    for (int64_t i = 0; i < w->count; i++) {
+        const sd_tensor *t = &w->items[i].tensor;
+        if (t->device == SD_CPU && !all_finite(t->data, t->dtype, sd_numel(t)))
+            return i;
+    }
+    return -1;
+}

@@ -70,7 +70,7 @@ static sd_status weight_f32(const sd_tensor *w, const float **data, float **owne
     *owned = malloc(sizeof(float) * (size_t)sd_numel(w));
     if (!*owned)
         return sd_fail(SD_ERR_NOMEM, "%s: cannot allocate a widened weight", op);
-    sd_widen_to_f32(w->data, w->dtype, *owned, sd_numel(w));
+    cpu_widen_to_f32(w->data, w->dtype, *owned, sd_numel(w));
     *data = *owned;
     return SD_OK;
 }
@@ -498,13 +498,13 @@ static sd_status cpu_convert(const sd_backend *be, const sd_tensor *x, sd_tensor
         return SD_OK;
     }
     if (out->dtype == SD_F32) {
-        sd_widen_to_f32(x->data, x->dtype, out->data, n);
+        cpu_widen_to_f32(x->data, x->dtype, out->data, n);
         return SD_OK;
     }
     float *tmp = malloc((size_t)n * sizeof(float));
     if (!tmp)
         return sd_fail(SD_ERR_NOMEM, "convert: out of memory for %lld elements", (long long)n);
-    sd_widen_to_f32(x->data, x->dtype, tmp, n);
+    cpu_widen_to_f32(x->data, x->dtype, tmp, n);
     sd_narrow_from_f32(tmp, out->dtype, out->data, n);
     free(tmp);
     return SD_OK;
@@ -580,7 +580,8 @@ static sd_status cpu_embedding(const sd_backend *be, const sd_tensor *table, con
     size_t row = (size_t)C * sd_dtype_size(table->dtype);
     float *o = out->data;
     for (int64_t i = 0; i < n; i++)
-        sd_widen_to_f32((const char *)table->data + (size_t)ids[i] * row, table->dtype, o + i * C, C);
+        cpu_widen_to_f32((const char *)table->data + (size_t)ids[i] * row, table->dtype, o + i * C,
+                         C);
     return SD_OK;
 }
 

@@ -5,35 +5,55 @@
  * Chunking bounds the scratch buffer: a full im2col of a 128-channel 512x512 VAE
  * activation would be 1.2 GB. A 1x1 stride-1 convolution needs no unrolling at all. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "cpu_ops.h"
 
 /* at most this many floats of im2col scratch (32 MiB) */
 #define CONV_COL_BUDGET (8 << 20)
 
-/* x (C, H, W) -> col (C*KH*KW, rows*OW) for output rows [oh0, oh0 + rows) */
+/* The output columns [lo, hi) whose input column ow * stride - pad + kw lies inside
+ * [0, W): the padding is the columns outside. */
+static void valid_columns(int W, int OW, int stride, int pad, int kw, int *lo, int *hi) {
+    int off = kw - pad; /* input column of output column 0 */
+    int first = off >= 0 ? 0 : (-off + stride - 1) / stride;
+    int last = W - 1 - off < 0 ? -1 : (W - 1 - off) / stride; /* last valid, or -1 */
+    *lo = first < OW ? first : OW;
+    *hi = last + 1 < OW ? last + 1 : OW;
+    if (*hi < *lo)
+        *hi = *lo;
+}
+
+/* x (C, H, W) -> col (C*KH*KW, rows*OW) for output rows [oh0, oh0 + rows).
+ * Each col row is zeros at the padded ends and a copy (stride 1) or a strided gather of
+ * one input row between them: no bounds test per element. */
 static void im2col_rows(const float *x, float *col, int C, int H, int W, int KH, int KW,
                         int stride, int pad, int OW, int oh0, int rows) {
     int64_t P = (int64_t)rows * OW;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (P * C * KH * KW > 65536)
     for (int c = 0; c < C; c++) {
         for (int kk = 0; kk < KH * KW; kk++) {
-            int kh = kk / KW, kw = kk % KW;
+            int kh = kk / KW, kw = kk % KW, lo, hi;
+            valid_columns(W, OW, stride, pad, kw, &lo, &hi);
             float *dst = col + ((int64_t)c * KH * KW + kk) * P;
             const float *src = x + (int64_t)c * H * W;
             for (int r = 0; r < rows; r++) {
                 int ih = (oh0 + r) * stride - pad + kh;
                 float *d = dst + (int64_t)r * OW;
                 if (ih < 0 || ih >= H) {
-                    for (int ow = 0; ow < OW; ow++)
-                        d[ow] = 0.0f;
+                    memset(d, 0, sizeof(float) * (size_t)OW);
                     continue;
                 }
-                const float *s = src + (int64_t)ih * W;
-                for (int ow = 0; ow < OW; ow++) {
-                    int iw = ow * stride - pad + kw;
-                    d[ow] = (iw >= 0 && iw < W) ? s[iw] : 0.0f;
-                }
+                const float *s = src + (int64_t)ih * W + (kw - pad);
+                for (int ow = 0; ow < lo; ow++)
+                    d[ow] = 0.0f;
+                if (stride == 1)
+                    memcpy(d + lo, s + lo, sizeof(float) * (size_t)(hi - lo));
+                else
+                    for (int ow = lo; ow < hi; ow++)
+                        d[ow] = s[(int64_t)ow * stride];
+                for (int ow = hi; ow < OW; ow++)
+                    d[ow] = 0.0f;
             }
         }
     }

@@ -11,12 +11,21 @@
 #include "sdcore.h"
 
 /* Hot loops are compiled for baseline x86-64 and for AVX2/FMA and AVX-512 machines;
- * the loader picks the best at run time, so one build runs everywhere at full speed. */
+ * the loader picks the best at run time, so one build runs everywhere at full speed.
+ * They may fuse a * b + c into one FMA (one rounding instead of two: closer to the
+ * exact value). The build is ISO C, which otherwise forbids that, and the rest of the
+ * engine keeps it forbidden: the samplers must round as their CUDA twins do. FMA
+ * halves the instructions of every polynomial (exp, erf) and multiply-add loop. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SD_MULTIVERSION __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#define SD_MULTIVERSION                                                                            \
+    __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4"),                   \
+                   optimize("fp-contract=fast")))
 #else
 #define SD_MULTIVERSION
 #endif
+
+/* n values of dtype (f32, f16 or bf16) at src -> f32 at dst; as sd_widen_to_f32, faster */
+void cpu_widen_to_f32(const void *src, sd_dtype dtype, float *dst, int64_t n);
 
 /* OpenBLAS single-threaded: OpenMP does all the threading (see matmul.c). */
 void cpu_blas_init(void);

@@ -1,20 +1,39 @@
 /* Branch-free elementwise math that compilers vectorise.
  *
- * libm's expf is a function call per element, which keeps softmax and SiLU loops
- * scalar; these inline versions let the loops run 8 or 16 lanes wide. */
+ * libm's expf and erff are a function call per element, which keeps softmax, SiLU and
+ * GELU loops scalar; these inline versions let the loops run 8 or 16 lanes wide. */
 #ifndef SDCORE_FAST_MATH_H
 #define SDCORE_FAST_MATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+/* x clamped to [lo, hi] (NaN becomes lo, as with `?:`), as a select on the bits, not a
+ * `?:`. With `?:` GCC's jump threading clones the rest of the caller's loop body for
+ * the clamped case, where everything is a constant: silu's x / (1 + exp(88)) then runs
+ * in every lane and lands in the subnormal range, and each subnormal result costs a
+ * microcode assist even in lanes whose result is discarded (silu 6x slower). The bit
+ * select has no branch to thread, and vectorises to and/or (or vpternlog). */
+static inline float sd_clampf(float x, float lo, float hi) {
+    int32_t xi, lo_bits, hi_bits, m;
+    memcpy(&xi, &x, 4);
+    memcpy(&lo_bits, &lo, 4);
+    memcpy(&hi_bits, &hi, 4);
+    m = -(int32_t)(x > lo); /* all ones where x is above lo */
+    xi = (xi & m) | (lo_bits & ~m);
+    memcpy(&x, &xi, 4);
+    m = -(int32_t)(x < hi);
+    xi = (xi & m) | (hi_bits & ~m);
+    memcpy(&x, &xi, 4);
+    return x;
+}
 
 /* exp(x) with relative error below 2e-7 for x in [-87, 88]; results saturate outside.
  * Range reduction x = n ln2 + r (ln2 split in two so r stays exact), then a degree-6
  * polynomial for e^r and 2^n built in the exponent bits. */
 static inline float sd_expf(float x) {
-    /* written as max/min so a NaN-free compare maps onto vmaxps/vminps, not a blend */
-    x = x > -87.0f ? x : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
+    x = sd_clampf(x, -87.0f, 88.0f);
     /* round x*log2(e) to nearest: adding 1.5*2^23 pushes the fraction out of the mantissa */
     const float shifter = 12582912.0f;
     float n = (x * 1.44269504088896341f + shifter) - shifter;
@@ -31,6 +50,36 @@ static inline float sd_expf(float x) {
     float scale;
     memcpy(&scale, &bits, 4);
     return p * scale;
+}
+
+/* erfc(z) for z >= 0, relative error about 1e-6 up to z = 5 (erfc = 1.5e-12) and below
+ * 5e-6 out to z = 9.3, where it leaves the float range. erfc(z) = t exp(-z^2 + P(t))
+ * with t = 1 / (1 + z/2): P varies slowly on t in (0, 1], and a degree-9 polynomial
+ * (a least-squares fit of log(erfc(z) e^{z^2} / t) on z in [0, 10]) holds it to 2.5e-7.
+ * Being relative, the error stays small in GELU's negative tail, where 1 + erf(z) is
+ * erfc(-z) and 1 + erf computed as such would cancel. */
+static inline float sd_erfcf_nonneg(float z) {
+    float t = 1.0f / (1.0f + 0.5f * z);
+    float p = 0.17057829f;
+    p = p * t - 0.81119956f;
+    p = p * t + 1.44153778f;
+    p = p * t - 1.04603931f;
+    p = p * t + 0.18495006f;
+    p = p * t - 0.12702663f;
+    p = p * t + 0.07404765f;
+    p = p * t + 0.37923116f;
+    p = p * t + 0.99940244f;
+    p = p * t - 1.26548164f;
+    return t * sd_expf(p - z * z);
+}
+
+/* GELU with the exact (erf) form: 0.5 x (1 + erf(x / sqrt 2)), where 1 + erf(z) is
+ * erfc(-z) for z < 0 and 2 - erfc(z) otherwise. */
+static inline float sd_gelu_erf(float x) {
+    float z = x * 0.70710678118654752f;
+    float q = sd_erfcf_nonneg(fabsf(z));
+    float one_plus_erf = z < 0.0f ? q : 2.0f - q;
+    return 0.5f * x * one_plus_erf;
 }
 
 /* Row helpers shared by softmax and attention. The reductions keep 16 partial results

@@ -274,8 +274,38 @@ static sd_status io_error(const char *path, const char *what, int *os_error) {
     return sd_fail(SD_ERR_IO, "%s: cannot %s: %s", path, what, strerror(err));
 }
 
-/* Map the whole file read-only; *size is its length. */
-static sd_status map_file(const char *path, void **map, size_t *size, int *os_error) {
+/* The file's bytes in anonymous memory, read with pread: what the set then holds no longer
+ * depends on the file. Released with munmap like a mapping. */
+static sd_status read_into_memory(const char *path, int fd, size_t size, void **map,
+                                  int *os_error) {
+    void *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return sd_fail(SD_ERR_NOMEM, "%s: cannot allocate %zu bytes to read the file into", path,
+                       size);
+    size_t done = 0;
+    while (done < size) {
+        ssize_t n = pread(fd, (char *)mem + done, size - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            sd_status s = n < 0 ? io_error(path, "read the file", os_error)
+                                : sd_fail(SD_ERR_FORMAT,
+                                          "%s: the file ended after %zu of its %zu bytes while "
+                                          "being read (it was cut short)",
+                                          path, done, size);
+            munmap(mem, size);
+            return s;
+        }
+        done += (size_t)n;
+    }
+    mprotect(mem, size, PROT_READ);
+    *map = mem;
+    return SD_OK;
+}
+
+/* Map the whole file read-only (or read it, with `copy`); *size is its length. */
+static sd_status map_file(const char *path, int copy, void **map, size_t *size,
+                          int *os_error) {
     /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is then refused as
      * not a regular file (reads of regular files ignore the flag) */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -299,6 +329,11 @@ static sd_status map_file(const char *path, void **map, size_t *size, int *os_er
                        path, (long long)st.st_size);
     }
     *size = (size_t)st.st_size;
+    if (copy) {
+        sd_status s = read_into_memory(path, fd, *size, map, os_error);
+        close(fd);
+        return s;
+    }
     *map = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (*map == MAP_FAILED) {
         sd_status s = io_error(path, "map the file", os_error);
@@ -316,7 +351,7 @@ sd_status sd_safetensors_open_ex(const char *path, const sd_safetensors_options 
         *os_error = 0;
     void *map = NULL;
     size_t size = 0;
-    SD_TRY(map_file(path, &map, &size, os_error));
+    SD_TRY(map_file(path, options && options->copy, &map, &size, os_error));
     sd_weights *w = NULL;
     if (sd_weights_create(&w) != SD_OK) {
         munmap(map, size);

@@ -32,6 +32,11 @@ typedef struct {
      * checkpoints carry such tensors that no model reads, e.g. the text encoder's
      * I64 `position_ids`. */
     int skip_unsupported;
+    /* Read the file into memory of the set's own instead of mapping it. A mapped file that
+     * another process truncates while it is in use raises SIGBUS on the next read of the
+     * lost pages, which takes the whole process down; a server that must outlive its model
+     * files being replaced or cut short reads them once instead. */
+    int copy;
 } sd_safetensors_options;
 
 /* Open `path` and read it into a new weight set (strict: any tensor of a dtype other
