@@ -21,9 +21,8 @@ import threading
 import time
 
 import grpc
-
-from service.gen import sdcore_service_pb2 as pb
-from service.gen import sdcore_service_pb2_grpc as pb_grpc
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2_grpc as pb_grpc
 
 KINDS = ("stream_cancel", "stream_deadline", "stream_disconnect", "stream_full", "unary_abandon")
 

@@ -4,7 +4,7 @@ POST /sdapi/v1/txt2img (the HTTP API, same queue and engine), for a fixed time.
     # against a running server
     python bench/load.py --server localhost:50051 --clients 8 --duration 30
 
-    # start a server (python -m service) on a free port, load it, stop it
+    # start a server (python -m sdcore.service) on a free port, load it, stop it
     python bench/load.py --start --clients 8 --duration 30 [--model PATH]
 
     # batching on vs off in the same run: two servers one after the other, same load
@@ -45,9 +45,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import churn  # noqa: E402  (bench/churn.py, beside this file)
-
-from service.gen import sdcore_service_pb2 as pb  # noqa: E402
-from service.gen import sdcore_service_pb2_grpc as pb_grpc  # noqa: E402
+from sdcore.service.gen import sdcore_service_pb2 as pb  # noqa: E402
+from sdcore.service.gen import sdcore_service_pb2_grpc as pb_grpc  # noqa: E402
 
 
 def percentile(values, q):
@@ -264,7 +263,7 @@ def build_parser():
     )
     p.add_argument(
         "--server-cmd",
-        default=f"{sys.executable} -m service",
+        default=f"{sys.executable} -m sdcore.service",
         help="command that starts a server (with --start); it gets --host/--port",
     )
     p.add_argument("--model", help="--model for the started server")

@@ -5,7 +5,7 @@ run_load: the same clients, through Serve's gRPC proxy.
     # prints each and the ratio
     python bench/ray_load.py --replicas 1 2 --clients 8 --duration 30
 
-    # also the single-process server (python -m service) under the same load, as the peer
+    # also the single-process server (python -m sdcore.service) under the same load, as the peer
     python bench/ray_load.py --replicas 1 2 --compare-direct
 
     # against a proxy already serving the application (sdcore serve --ray-address ...)
@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from load import StartedServer, report, run_load  # noqa: E402
-
-from service import config as config_mod  # noqa: E402
-from service.gen import sdcore_service_pb2 as pb  # noqa: E402
+from sdcore.service import config as config_mod  # noqa: E402
+from sdcore.service.gen import sdcore_service_pb2 as pb  # noqa: E402
 
 
 def free_port():
@@ -53,7 +52,7 @@ def build_parser():
     p.add_argument(
         "--compare-direct",
         action="store_true",
-        help="also load the single-process server (python -m service) the same way",
+        help="also load the single-process server (python -m sdcore.service) the same way",
     )
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per run")
@@ -68,8 +67,7 @@ def build_parser():
 def run_on_local_cluster(args, load):
     import ray
     from ray import serve
-
-    from service import ray_serve
+    from sdcore.service import ray_serve
 
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
@@ -131,7 +129,7 @@ def main(argv=None):
             extra += ["--model", args.model]
         env = dict(os.environ)
         env.pop("GRPC_PORT", None)
-        with StartedServer([sys.executable, "-m", "service"], extra, env=env) as server:
+        with StartedServer([sys.executable, "-m", "sdcore.service"], extra, env=env) as server:
             direct = load(server.target)
         report("single process", direct)
         for label, stats in results.items():

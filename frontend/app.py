@@ -4,7 +4,7 @@ PNG downloads on the right; the server's status on top. Every element a test loo
 
 import dataclasses
 
-from frontend.demo import KEEP, Update, settings_from_controls
+from sdcore.frontend.demo import KEEP, Update, settings_from_controls
 
 CSS = """
 #sd-message { color: #b91c1c; font-weight: 600; }

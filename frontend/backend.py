@@ -3,10 +3,9 @@
 import pathlib
 
 import grpc
-
-from service.client import proto_request
-from service.gen import sdcore_service_pb2 as pb
-from service.gen import sdcore_service_pb2_grpc as pb_grpc
+from sdcore.service.client import proto_request
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2_grpc as pb_grpc
 
 # what the person at the page is told, by status code; the server's own message follows
 _MESSAGES = {

@@ -12,8 +12,8 @@ import uuid
 
 import grpc
 from PIL import Image
+from sdcore.frontend.backend import describe_error
 
-from frontend.backend import describe_error
 from sdcore.request import GenerationRequest, ValidationError
 
 KEEP = object()  # an Update field left as it is on the page

@@ -37,8 +37,7 @@ import time
 
 import grpc
 import httpx
-
-from service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2 as pb
 
 POLL_SECONDS = 0.2  # how often /sdapi/v1/progress is asked while a job waits or runs
 CALL_SECONDS = 5.0  # every call but the generation itself

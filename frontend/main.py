@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 
-from service import DEFAULT_PORT
+from sdcore.service import DEFAULT_PORT
 
 GRADIO_MISSING = (
     "sdcore demo: the demo page needs Gradio, which is not installed.\n"
@@ -62,7 +62,7 @@ class InProcessServer:
     """An SdcoreServer on its own event loop in a daemon thread, for the page to call."""
 
     def __init__(self, config):
-        from service.server import SdcoreServer
+        from sdcore.service.server import SdcoreServer
 
         self.loop = asyncio.new_event_loop()
         self.server = SdcoreServer(config)
@@ -96,8 +96,8 @@ class InProcessServer:
 
 
 def start_server(args):
-    from service import logs
-    from service.config import ServerConfig
+    from sdcore.service import logs
+    from sdcore.service.config import ServerConfig
 
     config = ServerConfig(
         host="127.0.0.1",
@@ -144,10 +144,10 @@ def server_problem(args):
 def make_backend(address, args):
     """The page's way to the server at `address`: HTTP for an http(s) URL, else gRPC."""
     if is_http(address):
-        from frontend.http_backend import HttpBackend
+        from sdcore.frontend.http_backend import HttpBackend
 
         return HttpBackend(address, api_key=args.api_key, ca_cert=args.ca_cert)
-    from frontend.backend import Backend
+    from sdcore.frontend.backend import Backend
 
     return Backend(address, api_key=args.api_key, tls=args.tls, ca_cert=args.ca_cert)
 
@@ -158,9 +158,9 @@ def run(args):
     except ImportError:
         print(GRADIO_MISSING, file=sys.stderr)
         return 2
-    from frontend.app import CSS, build_app
-    from frontend.demo import Demo
-    from service.server import ListenError, bind_problem
+    from sdcore.frontend.app import CSS, build_app
+    from sdcore.frontend.demo import Demo
+    from sdcore.service.server import ListenError, bind_problem
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     problem = server_problem(args)

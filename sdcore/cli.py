@@ -98,7 +98,7 @@ def cmd_generate(args):
 
 def cmd_serve(args):
     if args.ray_address is None:
-        from service.server import run
+        from sdcore.service.server import run
 
         for flag in ("replicas", "max_replicas", "replica_cpus"):
             if getattr(args, flag) is not None:
@@ -107,7 +107,7 @@ def cmd_serve(args):
                 return 2
         return run(args)
     try:
-        from service.ray_serve import run
+        from sdcore.service.ray_serve import run
     except ImportError as e:
         print(f"sdcore serve: --ray-address needs pip install 'sdcore[ray]' ({e})", file=sys.stderr)
         return 2
@@ -143,13 +143,13 @@ def _add_ray_arguments(parser):
 
 
 def cmd_client(args):
-    from service.client import run
+    from sdcore.service.client import run
 
     return run(args)
 
 
 def cmd_demo(args):
-    from frontend.main import run
+    from sdcore.frontend.main import run
 
     return run(args)
 
@@ -158,8 +158,8 @@ def _add_service_commands(sub):
     """`serve`, `client` and `demo` need the gRPC packages; without them the other commands
     still work. `demo` also needs Gradio, which it asks for when it runs."""
     try:
-        from frontend import main as demo
-        from service import client, config
+        from sdcore.frontend import main as demo
+        from sdcore.service import client, config
     except ImportError as e:
         reason = f"needs the service package and its dependencies ({e})"
         for name in ("serve", "client", "demo"):

@@ -1,6 +1,6 @@
 """The sdcore gRPC service: an asyncio server around one `sdcore.Pipeline` per model.
 
-Start it with `sdcore serve` or `python -m service`. The engine runs in worker threads; the
+Start it with `sdcore serve` or `python -m sdcore.service`. The engine runs in worker threads; the
 event loop only moves requests, progress and replies.
 """
 

@@ -1,8 +1,8 @@
-"""`python -m service`: the same as `sdcore serve`."""
+"""`python -m sdcore.service`: the same as `sdcore serve`."""
 
 import sys
 
-from service.server import main
+from sdcore.service.server import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,9 +20,7 @@ import time
 import uuid
 
 import numpy as np
-
-import sdcore
-from service.errors import (
+from sdcore.service.errors import (
     AlreadyExists,
     DeadlinePassed,
     EngineError,
@@ -32,6 +30,8 @@ from service.errors import (
     Unavailable,
     quoted,
 )
+
+import sdcore
 
 log = logging.getLogger("service.batcher")
 

@@ -7,12 +7,12 @@ import pathlib
 import sys
 
 import grpc
+from sdcore.service import DEFAULT_PORT
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2_grpc as pb_grpc
 
 from sdcore.cli import add_request_arguments, check_output_path, output_paths
 from sdcore.request import GenerationRequest
-from service import DEFAULT_PORT
-from service.gen import sdcore_service_pb2 as pb
-from service.gen import sdcore_service_pb2_grpc as pb_grpc
 
 
 def add_arguments(parser):

@@ -2,10 +2,8 @@
 unchanged against this one. Each maps its request onto the same queue as sdcore.v1.
 ImageService is also served as img_service.ImageService (proto/img_service.proto)."""
 
-import sdcore
-from sdcore.request import GenerationRequest
-from service.core import memory_bytes, rpc_method
-from service.gen import (
+from sdcore.service.core import memory_bytes, rpc_method
+from sdcore.service.gen import (
     gpu_service_pb2,
     gpu_service_pb2_grpc,
     image_service_pb2,
@@ -13,6 +11,9 @@ from service.gen import (
     text2image_pb2,
     text2image_pb2_grpc,
 )
+
+import sdcore
+from sdcore.request import GenerationRequest
 
 
 class GpuServicer(gpu_service_pb2_grpc.GpuServiceServicer):

@@ -13,7 +13,7 @@ import math
 import os
 import ssl
 
-from service import DEFAULT_PORT
+from sdcore.service import DEFAULT_PORT
 
 
 class ConfigError(ValueError):

@@ -11,12 +11,12 @@ import resource
 import time
 
 import grpc
+from sdcore.service.auth import API_KEY_HEADER
+from sdcore.service.batcher import Batcher, EmbeddingParams, Job, ModelSlot, Params
+from sdcore.service.errors import InvalidArgument, ServiceError, Unavailable, quoted
 
 import sdcore
 from sdcore.request import LIMITS, ValidationError
-from service.auth import API_KEY_HEADER
-from service.batcher import Batcher, EmbeddingParams, Job, ModelSlot, Params
-from service.errors import InvalidArgument, ServiceError, Unavailable, quoted
 
 log = logging.getLogger("service")
 

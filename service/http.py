@@ -31,13 +31,7 @@ import uvicorn
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
-
-import sdcore
-from sdcore.params import SAMPLER_DISPLAY
-from sdcore.request import DEFAULT_SAMPLER, GenerationRequest
-from service.errors import (
+from sdcore.service.errors import (
     AlreadyExists,
     DeadlinePassed,
     EngineError,
@@ -48,6 +42,12 @@ from service.errors import (
     ServiceError,
     Unavailable,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+import sdcore
+from sdcore.params import SAMPLER_DISPLAY
+from sdcore.request import DEFAULT_SAMPLER, GenerationRequest
 
 log = logging.getLogger("service.http")
 

@@ -10,7 +10,7 @@ apart from service/ray_serve.py so that the proxy imports no more than this.
 
 import sys
 
-from service.gen import sdcore_service_pb2, sdcore_service_pb2_grpc
+from sdcore.service.gen import sdcore_service_pb2, sdcore_service_pb2_grpc
 
 sys.modules.setdefault("sdcore_service_pb2", sdcore_service_pb2)
 

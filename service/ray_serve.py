@@ -25,7 +25,7 @@ tagged by Serve with application, deployment and replica, and exported by every 
 metrics agent (Prometheus format, `ray_` prefixed) next to Serve's own serve_* metrics.
 
 Start it with `sdcore serve --ray-address ADDRESS --replicas N`, or with Serve's CLI and
-deploy/ray/serve.yaml (`import_path: service.ray_serve:build_app`).
+deploy/ray/serve.yaml (`import_path: sdcore.service.ray_serve:build_app`).
 """
 
 import asyncio
@@ -48,20 +48,19 @@ from ray.serve.exceptions import (
     ReplicaUnavailableError,
     RequestCancelledError,
 )
-
-from service import config as config_mod
-from service import ray_grpc  # noqa: F401  (the message modules under their own names)
-from service.auth import API_KEY_HEADER
-from service.core import ServiceCore, caller
-from service.gen import sdcore_service_pb2 as pb
-from service.metrics import Metrics
-from service.servicers import SdcoreServicer
+from sdcore.service import config as config_mod
+from sdcore.service import ray_grpc  # noqa: F401  (the message modules under their own names)
+from sdcore.service.auth import API_KEY_HEADER
+from sdcore.service.core import ServiceCore, caller
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from sdcore.service.metrics import Metrics
+from sdcore.service.servicers import SdcoreServicer
 
 log = logging.getLogger("service")
 
 APP_NAME = "sdcore"
 # What Serve's gRPC proxy must serve: the import path of our generated add-function.
-GRPC_SERVICER_FUNCTIONS = ["service.ray_grpc.add_SdcoreServicer_to_server"]
+GRPC_SERVICER_FUNCTIONS = ["sdcore.service.ray_grpc.add_SdcoreServicer_to_server"]
 SERVICE = pb.DESCRIPTOR.services_by_name["Sdcore"]
 # Ray's failures that mean "the replica serving this request is gone": UNAVAILABLE, retry.
 REPLICA_GONE = (
@@ -493,7 +492,7 @@ def _thread_env(cpus):
 
 
 def build_app(args):
-    """Serve's application builder (import_path service.ray_serve:build_app): `args` holds
+    """Serve's application builder (import_path sdcore.service.ray_serve:build_app): `args` holds
     ServerConfig fields (model, device, queue_size, max_batch_size, ...) and RayOptions fields
     (replicas, max_replicas, replica_cpus, ingress_replicas)."""
     args = dict(args or {})
@@ -534,7 +533,7 @@ def deploy(cfg, options, ray_address, http_port=None):
 
 def run(args, prog="sdcore serve"):
     """`sdcore serve --ray-address ...`: deploy, wait for SIGTERM or SIGINT, delete the app."""
-    from service import logs
+    from sdcore.service import logs
 
     try:
         cfg = check_server_config(config_mod.from_args(args))

@@ -12,13 +12,12 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from service import config as config_mod
-from service import logs
-from service.auth import ApiKeyInterceptor
-from service.compat import GpuServicer, ImageServicer, Text2ImageServicer
-from service.core import ServiceCore
-from service.gen import (
+from sdcore.service import config as config_mod
+from sdcore.service import logs
+from sdcore.service.auth import ApiKeyInterceptor
+from sdcore.service.compat import GpuServicer, ImageServicer, Text2ImageServicer
+from sdcore.service.core import ServiceCore
+from sdcore.service.gen import (
     gpu_service_pb2,
     gpu_service_pb2_grpc,
     image_service_pb2,
@@ -30,9 +29,9 @@ from service.gen import (
     text2image_pb2,
     text2image_pb2_grpc,
 )
-from service.metrics import Metrics
-from service.servicers import SdcoreServicer
-from service.wire import DecodeErrorInterceptor
+from sdcore.service.metrics import Metrics
+from sdcore.service.servicers import SdcoreServicer
+from sdcore.service.wire import DecodeErrorInterceptor
 
 log = logging.getLogger("service")
 
@@ -141,7 +140,7 @@ class SdcoreServer:
             )
         await self.server.start()
         if cfg.http_port:
-            from service.http import HttpServer
+            from sdcore.service.http import HttpServer
 
             self.http = HttpServer(core)
             self.http_port = await self.http.start()
@@ -269,7 +268,7 @@ def run(args, prog="sdcore serve"):
 def main(argv=None):
     parser = build_parser(
         argparse.ArgumentParser(
-            prog="python -m service", description="Serve text-to-image generation over gRPC"
+            prog="python -m sdcore.service", description="Serve text-to-image generation over gRPC"
         )
     )
-    return run(parser.parse_args(argv), prog="python -m service")
+    return run(parser.parse_args(argv), prog="python -m sdcore.service")

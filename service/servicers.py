@@ -2,12 +2,13 @@
 
 import asyncio
 
+from sdcore.service.core import caller, memory_bytes, rpc_method
+from sdcore.service.errors import InvalidArgument
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2_grpc as pb_grpc
+
 import sdcore
 from sdcore.request import GenerationRequest
-from service.core import caller, memory_bytes, rpc_method
-from service.errors import InvalidArgument
-from service.gen import sdcore_service_pb2 as pb
-from service.gen import sdcore_service_pb2_grpc as pb_grpc
 
 # GenerateRequest's names for the request fields it spells otherwise
 WIRE_NAMES = {"num_inference_steps": "steps"}

@@ -11,8 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from engine_double import EngineDouble  # noqa: E402
-
-from service import config, logs, server  # noqa: E402
+from sdcore.service import config, logs, server  # noqa: E402
 
 
 def main():

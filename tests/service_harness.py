@@ -6,10 +6,9 @@ import dataclasses
 import threading
 
 import grpc
-
-from service.config import ServerConfig
-from service.gen import sdcore_service_pb2_grpc
-from service.server import SdcoreServer
+from sdcore.service.config import ServerConfig
+from sdcore.service.gen import sdcore_service_pb2_grpc
+from sdcore.service.server import SdcoreServer
 
 
 def make_config(**overrides):

@@ -12,13 +12,13 @@ import time
 import pytest
 from engine_double import EngineDouble, seed_colour
 from PIL import Image
+from sdcore.frontend.backend import Backend
+from sdcore.frontend.demo import KEEP, Demo, settings_from_controls
+from sdcore.service.gen import sdcore_service_pb2 as pb
 from service_harness import ServerThread, make_config
 
-from frontend.backend import Backend
-from frontend.demo import KEEP, Demo, settings_from_controls
 from sdcore import cli
 from sdcore.request import GenerationRequest
-from service.gen import sdcore_service_pb2 as pb
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys):
 
 
 def test_the_page_builds_with_every_control(demo):
-    from frontend.app import build_app
+    from sdcore.frontend.app import build_app
 
     app = build_app(demo)
     ids = {block.elem_id for block in app.blocks.values() if getattr(block, "elem_id", None)}
@@ -200,7 +200,7 @@ def test_the_page_builds_with_every_control(demo):
 
 
 def test_old_results_are_deleted(demo, monkeypatch):
-    monkeypatch.setattr("frontend.demo.KEPT_RESULTS", 2)
+    monkeypatch.setattr("sdcore.frontend.demo.KEPT_RESULTS", 2)
     paths = []
     for seed in (1, 2, 3):
         final = outcome(demo.generate(GenerationRequest("x", num_inference_steps=1, seed=seed)))

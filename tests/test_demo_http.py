@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from engine_double import EngineDouble, seed_colour
 from PIL import Image
+from sdcore.frontend import http_backend
+from sdcore.frontend.demo import KEEP, Demo
+from sdcore.frontend.http_backend import HttpBackend, a1111_body
+from sdcore.frontend.main import make_backend, server_problem
+from sdcore.service.gen import sdcore_service_pb2 as pb
 from service_harness import ServerThread, make_config
 
 import sdcore
-from frontend import http_backend
-from frontend.demo import KEEP, Demo
-from frontend.http_backend import HttpBackend, a1111_body
-from frontend.main import make_backend, server_problem
 from sdcore import cli
 from sdcore.request import GenerationRequest
-from service.gen import sdcore_service_pb2 as pb
 
 pytest.importorskip("fastapi", reason="the HTTP API needs the http extra")
 

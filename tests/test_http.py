@@ -25,15 +25,15 @@ import numpy as np
 import pytest
 from engine_double import EngineDouble, seed_colour
 from PIL import Image
+from sdcore.service import config as config_mod
+from sdcore.service.gen import sdcore_service_pb2 as pb
 from service_harness import ServerThread, make_config
 
 import sdcore
 from sdcore.params import SAMPLER_DISPLAY
-from service import config as config_mod
-from service.gen import sdcore_service_pb2 as pb
 
 fastapi = pytest.importorskip("fastapi", reason="the HTTP API needs the http extra")
-from service import http as http_mod  # noqa: E402
+from sdcore.service import http as http_mod  # noqa: E402
 
 STEP = 0.02  # seconds per step of the engine double
 STEPS = 3  # steps of the real model's generations
@@ -776,7 +776,7 @@ def test_tls(tmp_path):
 
 
 def parse(argv, environ=None):
-    from service.server import build_parser
+    from sdcore.service.server import build_parser
 
     return config_mod.from_args(build_parser().parse_args(argv), environ or {})
 
@@ -797,7 +797,7 @@ def test_http_port_flag_and_env():
 def test_http_port_without_fastapi_exits_2(monkeypatch, capsys):
     import importlib.util
 
-    from service.server import build_parser, run
+    from sdcore.service.server import build_parser, run
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.numpy import load_file, save_file
+from sdcore.service.gen import sdcore_service_pb2 as pb
 from service_harness import ServerThread, make_config
 
 import sdcore
 from sdcore.pipeline import DEFAULT_MODEL
-from service.gen import sdcore_service_pb2 as pb
 
 
 @pytest.fixture

@@ -22,11 +22,12 @@ ray = pytest.importorskip(
 )
 serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
 
+from sdcore.service import config as config_mod  # noqa: E402
+from sdcore.service import ray_serve  # noqa: E402
+from sdcore.service.gen import sdcore_service_pb2 as pb  # noqa: E402
+from sdcore.service.gen import sdcore_service_pb2_grpc  # noqa: E402
+
 import sdcore  # noqa: E402
-from service import config as config_mod  # noqa: E402
-from service import ray_serve  # noqa: E402
-from service.gen import sdcore_service_pb2 as pb  # noqa: E402
-from service.gen import sdcore_service_pb2_grpc  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SIZE = 64
@@ -311,5 +312,5 @@ def test_shipped_serve_configs_are_valid(path):
     schema = ServeDeploySchema.model_validate(document)
     assert schema.grpc_options.grpc_servicer_functions == ray_serve.GRPC_SERVICER_FUNCTIONS
     (app,) = schema.applications
-    assert app.import_path == "service.ray_serve:build_app"
+    assert app.import_path == "sdcore.service.ray_serve:build_app"
     ray_serve.build_app(app.args)  # every argument known and in range

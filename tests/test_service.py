@@ -20,9 +20,7 @@ import pytest
 from engine_double import EngineDouble, seed_colour
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from service_harness import ServerThread, make_config
-
-from service.gen import (
+from sdcore.service.gen import (
     gpu_service_pb2,
     gpu_service_pb2_grpc,
     image_service_pb2,
@@ -30,7 +28,8 @@ from service.gen import (
     text2image_pb2,
     text2image_pb2_grpc,
 )
-from service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from service_harness import ServerThread, make_config
 
 STEP = 0.02  # seconds per engine step in the slow tests
 
@@ -626,7 +625,7 @@ def test_eight_concurrent_clients_all_answered_correctly(server):
     def client(i):
         try:
             with server.channel() as channel:
-                from service.gen import sdcore_service_pb2_grpc
+                from sdcore.service.gen import sdcore_service_pb2_grpc
 
                 stub = sdcore_service_pb2_grpc.SdcoreStub(channel)
                 if i % 2:
@@ -846,12 +845,12 @@ def test_tls(tmp_path):
     with ServerThread(cfg, [EngineDouble()]) as srv:
         creds = grpc.ssl_channel_credentials(cert.read_bytes())
         with grpc.secure_channel(f"localhost:{srv.server.port}", creds) as channel:
-            from service.gen import sdcore_service_pb2_grpc
+            from sdcore.service.gen import sdcore_service_pb2_grpc
 
             stub = sdcore_service_pb2_grpc.SdcoreStub(channel)
             assert stub.Generate(pb.GenerateRequest(prompt="x", steps=1)).images
         with srv.channel() as plain:  # a plaintext client cannot talk to it
-            from service.gen import sdcore_service_pb2_grpc
+            from sdcore.service.gen import sdcore_service_pb2_grpc
 
             with pytest.raises(grpc.RpcError) as e:
                 sdcore_service_pb2_grpc.SdcoreStub(plain).GetStatus(pb.StatusRequest(), timeout=2)
@@ -870,7 +869,7 @@ def test_graceful_shutdown_lets_work_finish_and_refuses_new_calls():
     stop = threading.Thread(target=srv.stop, kwargs={"grace": 10.0})
     stop.start()
     wait_for(lambda: srv.server.core.state == "shutting_down", what="shutdown to begin")
-    from service.gen import sdcore_service_pb2_grpc
+    from sdcore.service.gen import sdcore_service_pb2_grpc
 
     with pytest.raises(grpc.RpcError) as e:
         sdcore_service_pb2_grpc.SdcoreStub(channel).Generate(

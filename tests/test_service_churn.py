@@ -1,6 +1,6 @@
 """Clients that abandon their calls at any moment never take the server down.
 
-A real `python -m service` process on the shipped model, and hundreds of GenerateStream and
+A real `python -m sdcore.service` process on the shipped model, and hundreds of GenerateStream and
 Generate calls cancelled, deadlined and disconnected at random moments from several threads
 (bench/churn.py). Before the streaming wrapper drove its generators itself, this killed the
 server with a segmentation fault within a few hundred calls.
@@ -18,10 +18,10 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2_grpc as pb_grpc
 
 import sdcore
-from service.gen import sdcore_service_pb2 as pb
-from service.gen import sdcore_service_pb2_grpc as pb_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -34,7 +34,7 @@ CALLS = int(os.environ.get("SDCORE_CHURN_CALLS", "240"))
 def start_server(log_path):
     log_file = open(log_path, "w")  # a file, not a pipe: a pipe nobody reads would block the server
     proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-m", "service"]
+        [sys.executable, "-X", "faulthandler", "-m", "sdcore.service"]
         + ["--host", "127.0.0.1", "--port", "0"],
         cwd=ROOT,
         stderr=log_file,

@@ -10,11 +10,11 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from sdcore.service.gen import gpu_service_pb2, gpu_service_pb2_grpc
+from sdcore.service.gen import sdcore_service_pb2 as pb
 from service_harness import ServerThread, make_config
 
 import sdcore
-from service.gen import gpu_service_pb2, gpu_service_pb2_grpc
-from service.gen import sdcore_service_pb2 as pb
 
 if not hasattr(sdcore, "Pipeline"):
     pytest.skip(

@@ -17,11 +17,10 @@ import pytest
 from engine_double import EngineDouble, seed_colour
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from sdcore.service import config
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2_grpc
 from service_harness import ServerThread, make_config
-
-from service import config
-from service.gen import sdcore_service_pb2 as pb
-from service.gen import sdcore_service_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -170,7 +169,7 @@ def test_bad_tls_files_are_a_clear_error(tmp_path):
     with pytest.raises(config.ConfigError, match="TLS: cannot use cert file"):
         parse([], env)
     proc = subprocess.run(
-        [sys.executable, "-m", "service"],
+        [sys.executable, "-m", "sdcore.service"],
         env=dict(os.environ, **env),
         cwd=ROOT,
         capture_output=True,
@@ -185,7 +184,7 @@ def test_bad_tls_files_are_a_clear_error(tmp_path):
 def test_bad_environment_stops_the_process_at_start():
     env = dict(os.environ, GRPC_MAX_WORKERS="many")
     proc = subprocess.run(
-        [sys.executable, "-m", "service"],
+        [sys.executable, "-m", "sdcore.service"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -282,13 +281,13 @@ def test_sigterm_finishes_in_flight_work_then_exits():
 
 
 def test_model_load_failure_exits_nonzero():
-    """Without an engine that loads, `python -m service` says why and exits 1."""
+    """Without an engine that loads, `python -m sdcore.service` says why and exits 1."""
     env = dict(os.environ)
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
-            "service",
+            "sdcore.service",
             "--host",
             "127.0.0.1",
             "--port",

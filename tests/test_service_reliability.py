@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 from engine_double import EngineDouble, seed_colour
 from PIL import Image
+from sdcore.service.batcher import Batcher, Job, Params
+from sdcore.service.core import caller
+from sdcore.service.errors import NotFound
+from sdcore.service.gen import sdcore_service_pb2 as pb
+from sdcore.service.gen import sdcore_service_pb2_grpc as pb_grpc
 from service_harness import ServerThread, make_config
 from test_service_process import start_process
-
-from service.batcher import Batcher, Job, Params
-from service.core import caller
-from service.errors import NotFound
-from service.gen import sdcore_service_pb2 as pb
-from service.gen import sdcore_service_pb2_grpc as pb_grpc
 
 STEP = 0.02
 
