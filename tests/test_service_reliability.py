@@ -145,7 +145,7 @@ def test_get_embedding_waits_in_the_queue_and_is_refused_when_it_is_full():
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert not embedding.done()  # it waits behind the running job
         reply = embedding.result(timeout=30)
-        assert blocker.done()
+        blocker.result(timeout=30)  # the blocker ran first; max_active below: never beside it
         expected = engine.encode_prompt("a cat")
         assert list(reply.shape) == list(expected.shape)
         assert np.array_equal(np.asarray(reply.values, dtype=np.float32), expected.ravel())
